@@ -1,0 +1,81 @@
+// CPU building blocks shared by the smooth-rank and Smooth-NDCG kernels: row staging, the
+// vectorised pair sweeps, and the (row, column-chunk) work split.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "itr_kernels/ranking_math.h"
+
+namespace itr {
+namespace cpu {
+
+// Stage one row as w = (s - mean) * scale, masked entries as -inf (their pair terms vanish).
+// Centring keeps |w| small, so rounding w costs no more precision than rounding s_k - s_j would.
+// Returns true if a valid score is NaN: the caller then fills the row with NaN.
+template <typename scalar_t, typename T>
+bool stage_row(const scalar_t* s, const bool* valid, int64_t n, T scale, T* w) {
+  T sum = 0;
+  int64_t count = 0;
+  bool has_nan = false;
+  for (int64_t j = 0; j < n; ++j) {
+    if (valid && !valid[j]) continue;
+    const T x = static_cast<T>(s[j]);
+    has_nan |= x != x;
+    sum += x;
+    ++count;
+  }
+  const T center = count > 0 && !has_nan ? sum / static_cast<T>(count) : T(0);
+  for (int64_t j = 0; j < n; ++j)
+    w[j] = (valid && !valid[j]) ? -std::numeric_limits<T>::infinity() : (static_cast<T>(s[j]) - center) * scale;
+  return has_nan;
+}
+
+// sum_k sigma((s_k - s_j) / tau) over the whole staged row (the k == j term included).
+template <typename T>
+inline T rank_sweep(const T* w, int64_t n, T wj) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t k = 0; k < n; ++k) acc += PairSigmoid<T>::value(w[k] - wj);
+  return acc;
+}
+
+// sum_j sigma'((s_j - s_k) / tau) * (a_j - a_k): the smooth-rank backward for column k.
+template <typename T>
+inline T grad_sweep(const T* w, const T* a, int64_t n, T wk, T ak) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t j = 0; j < n; ++j) acc += PairSigmoid<T>::grad(w[j] - wk) * (a[j] - ak);
+  return acc;
+}
+
+// Runs f(q, begin, end) on column ranges of every row, in parallel over (row, chunk) so that
+// both many short rows and a few long rows keep every thread busy. pairs_per_col sizes the grain.
+template <typename F>
+void for_each_row_chunk(int64_t rows, int64_t cols, int64_t pairs_per_col, const F& f) {
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (cols + kChunk - 1) / kChunk;
+  const int64_t pairs_per_task = std::max<int64_t>(1, std::min(cols, kChunk) * pairs_per_col);
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / pairs_per_task);
+  at::parallel_for(0, rows * chunks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t q = t / chunks, c = t % chunks;
+      f(q, c * kChunk, std::min(cols, (c + 1) * kChunk));
+    }
+  });
+}
+
+// Runs f(q) for every row in parallel; per_row_cost (in simple operations) sizes the grain.
+template <typename F>
+void for_each_row(int64_t rows, int64_t per_row_cost, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(1, per_row_cost));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t q = begin; q < end; ++q) f(q);
+  });
+}
+
+}  // namespace cpu
+}  // namespace itr

@@ -1,0 +1,145 @@
+// CPU kernel of itr_kernels::smooth_ndcg (SPEC section 2): per-row loss, IDCG and, when asked,
+// d loss[q] / d S[q, :] in the same call, so that backward only scales rows by grad_output.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <functional>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/row_sweeps.h"
+
+namespace itr {
+namespace cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cpu(const at::Tensor& scores, const at::Tensor& relevance,
+                                                               const c10::optional<at::Tensor>& valid, double tau,
+                                                               int64_t k, bool linear_gain, bool compute_grad) {
+  check_scores(scores);
+  check_like_scores(relevance, scores, "relevance");
+  TORCH_CHECK_TYPE(at::isFloatingType(relevance.scalar_type()), "relevance must be a floating tensor, got ",
+                   relevance.scalar_type());
+  check_valid(valid, scores);
+  check_tau(tau);
+  const at::Tensor S = scores.contiguous();
+  const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
+  const int64_t Q = S.size(0), N = S.size(1);
+  TORCH_CHECK_VALUE(N <= std::numeric_limits<int32_t>::max(), "scores has too many columns: ", N);
+  const auto idcg_dtype = S.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor loss = at::zeros({Q}, S.options());
+  at::Tensor idcg = at::zeros({Q}, S.options().dtype(idcg_dtype));
+  at::Tensor grad = at::zeros(compute_grad ? S.sizes() : at::IntArrayRef{0}, S.options());
+  if (S.numel() == 0) return {loss, idcg, grad};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, S.scalar_type(), "smooth_ndcg_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const at::Tensor Rt = relevance.to(c10::CppTypeToScalarType<T>::value).contiguous();
+    const scalar_t* s = S.const_data_ptr<scalar_t>();
+    const T* rel = Rt.const_data_ptr<T>();
+    const bool* v = V.defined() ? V.const_data_ptr<bool>() : nullptr;
+    const bool topk = k > 0 && k < N;
+    const int64_t kk = topk ? k : N;
+
+    std::vector<T> w(Q * N), a(Q * N, T(0)), rhat(Q * N);  // a holds gains, then d loss / d Rhat
+    std::vector<int32_t> gain_cols(Q * N);                  // row q: its m[q] gain columns first
+    std::vector<int32_t> m(Q);
+    std::vector<T> row_idcg(Q);
+    std::vector<uint8_t> nan_row(Q);
+    // With top-k, the gradient of a column outside the gain set needs only the gain columns:
+    // their staged scores and coefficients are packed here (Q * k), so that sweep costs k, not N.
+    std::vector<T> w_gain(topk ? Q * kk : 0), a_gain(topk ? Q * kk : 0);
+    const T scale = PairSigmoid<T>::scale(static_cast<T>(tau));
+
+    // Phase 1, per row: stage scores, choose the gain set, gains and IDCG.
+    for_each_row(Q, 8 * N, [&](int64_t q) {
+      const bool* vq = v ? v + q * N : nullptr;
+      const T* rq = rel + q * N;
+      nan_row[q] = stage_row(s + q * N, vq, N, scale, w.data() + q * N);
+      int32_t* cols = gain_cols.data() + q * N;
+      int32_t n_valid = 0;
+      for (int32_t j = 0; j < N; ++j)
+        if (!vq || vq[j]) cols[n_valid++] = j;
+      const auto before = [rq](int32_t x, int32_t y) { return ranks_before(rq[x], x, rq[y], y); };
+      int32_t mq = n_valid;
+      if (topk && kk < n_valid) {
+        std::nth_element(cols, cols + kk, cols + n_valid, before);
+        mq = static_cast<int32_t>(kk);
+        std::sort(cols, cols + mq);  // column order: sequential access in the sweeps below
+      }
+      m[q] = mq;
+      std::vector<T> gains(mq);
+      for (int32_t i = 0; i < mq; ++i) gains[i] = a[q * N + cols[i]] = ndcg_gain(rq[cols[i]], linear_gain);
+      std::sort(gains.begin(), gains.end(), [](T x, T y) { return ranks_before(x, 0, y, 0); });
+      T ideal = 0;
+      for (int32_t i = 0; i < mq; ++i) ideal += gains[i] * ndcg_discount(static_cast<T>(i + 1));
+      row_idcg[q] = ideal;
+    });
+
+    // Phase 2: smooth ranks of the gain columns (every valid column counts in them).
+    const T self_term = PairSigmoid<T>::value(T(0));
+    for_each_row_chunk(Q, kk, N, [&](int64_t q, int64_t begin, int64_t end) {
+      const T* wq = w.data() + q * N;
+      const int32_t* cols = gain_cols.data() + q * N;
+      for (int64_t i = begin; i < std::min<int64_t>(end, m[q]); ++i) {
+        const int32_t j = cols[i];
+        rhat[q * N + j] = T(1) + rank_sweep(wq, N, wq[j]) - self_term;
+      }
+    });
+
+    // Phase 3, per row: DCG, loss, and d loss / d Rhat of the gain columns.
+    scalar_t* loss_p = loss.mutable_data_ptr<scalar_t>();
+    T* idcg_p = idcg.mutable_data_ptr<T>();
+    for_each_row(Q, 4 * kk, [&](int64_t q) {
+      const int32_t* cols = gain_cols.data() + q * N;
+      T* aq = a.data() + q * N;
+      const T* rq = rhat.data() + q * N;
+      const T ideal = row_idcg[q];
+      T dcg = 0;
+      for (int32_t i = 0; i < m[q]; ++i) dcg += aq[cols[i]] * ndcg_discount(rq[cols[i]]);
+      const T l = ndcg_row_loss(dcg, ideal);
+      loss_p[q] = static_cast<scalar_t>(nan_row[q] ? std::numeric_limits<T>::quiet_NaN() : l);
+      idcg_p[q] = ideal;
+      if (!compute_grad) return;
+      for (int32_t i = 0; i < m[q]; ++i) {
+        const int32_t j = cols[i];
+        aq[j] = ideal > T(0) || ideal != ideal ? ndcg_rank_grad(aq[j], rq[j], ideal) : T(0);
+        if (topk) {
+          w_gain[q * kk + i] = w[q * N + j];
+          a_gain[q * kk + i] = aq[j];
+        }
+      }
+    });
+    if (!compute_grad) return;
+
+    // Phase 4: d loss / d S[q, c] = (1/tau) sum_j sigma'(..) (a_j - a_c); for c outside the gain
+    // set a_c = 0, and only gain columns have a_j != 0.
+    scalar_t* grad_p = grad.mutable_data_ptr<scalar_t>();
+    const T inv_tau = static_cast<T>(1.0 / tau);
+    for_each_row_chunk(Q, N, topk ? 2 * kk : N, [&](int64_t q, int64_t begin, int64_t end) {
+      const T* wq = w.data() + q * N;
+      const T* aq = a.data() + q * N;
+      for (int64_t c = begin; c < end; ++c) {
+        T r;
+        if (v && !v[q * N + c]) r = T(0);
+        else if (nan_row[q]) r = std::numeric_limits<T>::quiet_NaN();
+        else if (topk && aq[c] == T(0)) r = inv_tau * grad_sweep(w_gain.data() + q * kk, a_gain.data() + q * kk, m[q], wq[c], T(0));
+        else r = inv_tau * grad_sweep(wq, aq, N, wq[c], aq[c]);
+        grad_p[q * N + c] = static_cast<scalar_t>(r);
+      }
+    });
+  });
+  return {loss, idcg, grad};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(itr_kernels, CPU, m) { m.impl("smooth_ndcg", &smooth_ndcg_cpu); }
+
+}  // namespace cpu
+}  // namespace itr

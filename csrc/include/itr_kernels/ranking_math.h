@@ -1,0 +1,134 @@
+// The math of SPEC sections 1-2, written once for the CPU kernels (g++) and the CUDA kernels (nvcc).
+// Only standard and CUDA headers may be included here: nvcc checks the CUDA sources without torch.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <math.h>
+
+#if defined(__CUDACC__)
+#define ITR_HD __host__ __device__ __forceinline__
+#else
+#define ITR_HD inline
+#endif
+
+namespace itr {
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2 = 0.6931471805599453;
+
+ITR_HD float exp2_(float x) { return exp2f(x); }
+ITR_HD double exp2_(double x) { return exp2(x); }
+ITR_HD float log2_(float x) { return log2f(x); }
+ITR_HD double log2_(double x) { return log2(x); }
+
+#if !defined(__CUDA_ARCH__)
+// 2^t on the CPU: branch-free (ternaries, bit arithmetic) so that gcc vectorises the pair loops.
+// Degree-5 fit of 2^f on [-1/2, 1/2], relative error 1.5e-7. t is clamped to [-64, 64]: every
+// intermediate stays a normal float (subnormals are slow), and a pair farther apart than that
+// contributes below 5.4e-20, invisible next to a rank >= 1 (masked candidates are staged as -inf).
+inline float exp2_poly(float t) {
+  t = t < -64.f ? -64.f : t;
+  t = t > 64.f ? 64.f : t;
+  const float n = (t + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23 trick)
+  const float f = t - n;
+  float p = 0.0013266970636323094f;
+  p = p * f + 0.009675459936261177f;
+  p = p * f + 0.05550742521882057f;
+  p = p * f + 0.24022121727466583f;
+  p = p * f + 0.6931469440460205f;
+  p = p * f + 1.0000001192092896f;
+  int32_t bits;
+  std::memcpy(&bits, &p, 4);
+  bits += static_cast<int32_t>(n) * (1 << 23);
+  float r;
+  std::memcpy(&r, &bits, 4);
+  return r;
+}
+#endif
+
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ float tanh_approx(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+#endif
+
+// The pair term sigma((s_k - s_j) / tau) and its derivative sigma'. Scores are staged once per row
+// as w = s * scale(tau), so a pair costs d = w_k - w_j and one call here. scale() differs between
+// the device and host paths, so staging and pair terms must run on the same side (they do).
+template <typename T>
+struct PairSigmoid;
+
+template <>
+struct PairSigmoid<double> {
+  static ITR_HD double scale(double tau) { return 1.0 / tau; }
+  static ITR_HD double value(double d) { return 1.0 / (1.0 + exp(-d)); }
+  static ITR_HD double grad(double d) {
+    const double e = exp(-fabs(d));
+    const double r = 1.0 / (1.0 + e);
+    return e * r * r;
+  }
+};
+
+template <>
+struct PairSigmoid<float> {
+#if defined(__CUDA_ARCH__)
+  // sigma(x) = (1 + tanh(x/2)) / 2: one special-function op per pair.
+  static ITR_HD float scale(float tau) { return 0.5f / tau; }
+  static ITR_HD float value(float d) { return fmaf(0.5f, tanh_approx(d), 0.5f); }
+  static ITR_HD float grad(float d) {
+    const float t = tanh_approx(d);
+    return fmaf(-0.25f, t * t, 0.25f);
+  }
+#else
+  // sigma(x) = 1 / (1 + 2^(-x log2 e)), with log2 e folded into the staged scores.
+  static ITR_HD float scale(float tau) { return static_cast<float>(kLog2e) / tau; }
+  static ITR_HD float value(float d) { return 1.f / (1.f + exp2_poly(-d)); }
+  static ITR_HD float grad(float d) {
+    const float e = exp2_poly(-d);
+    const float r = 1.f / (1.f + e);
+    return e * r * r;
+  }
+#endif
+};
+
+// ---- Smooth-NDCG (SPEC section 2) ----
+
+// Gain of a relevance value: 2^R - 1, or R with linear gain.
+template <typename T>
+ITR_HD T ndcg_gain(T relevance, bool linear_gain) {
+  return linear_gain ? relevance : exp2_(relevance) - T(1);
+}
+
+// 1 / log2(1 + rank): the discount at a (smooth) rank; the ideal rank of sorted position i is i + 1.
+template <typename T>
+ITR_HD T ndcg_discount(T rank) {
+  return T(1) / log2_(T(1) + rank);
+}
+
+// d loss / d Rhat for a candidate of gain g at smooth rank rhat, loss = 1 - DCG / IDCG.
+template <typename T>
+ITR_HD T ndcg_rank_grad(T gain, T rhat, T idcg) {
+  const T l = log2_(T(1) + rhat);
+  return gain / (idcg * T(kLn2) * (T(1) + rhat) * l * l);
+}
+
+// Per-row loss: 0 for a row without gain (IDCG == 0), NaN propagates from NaN relevance.
+template <typename T>
+ITR_HD T ndcg_row_loss(T dcg, T idcg) {
+  if (idcg > T(0)) return T(1) - dcg / idcg;
+  return idcg == idcg ? T(0) : idcg;
+}
+
+// Gain-set order (SPEC: "ties: lower column index first"), NaN relevance sorted last.
+template <typename T>
+ITR_HD bool ranks_before(T ra, int64_t a, T rb, int64_t b) {
+  const bool na = ra != ra, nb = rb != rb;
+  if (na != nb) return nb;
+  if (!na && ra != rb) return ra > rb;
+  return a < b;
+}
+
+}  // namespace itr

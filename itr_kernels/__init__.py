@@ -1,0 +1,18 @@
+"""itr_kernels: fused CPU/CUDA ranking losses for image-text retrieval, as torch custom ops.
+
+Every public function has a pure-PyTorch twin in `itr_kernels.reference`."""
+from . import reference
+from ._ops import build_info
+from .losses import smooth_ndcg_loss, smooth_rank, triplet_loss
+from .modules import ListwiseITRLoss, SmoothNDCGLoss
+
+__version__ = "0.1.0"
+__all__ = [
+    "build_info",
+    "smooth_rank",
+    "smooth_ndcg_loss",
+    "triplet_loss",
+    "SmoothNDCGLoss",
+    "ListwiseITRLoss",
+    "reference",
+]

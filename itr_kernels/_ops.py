@@ -1,0 +1,86 @@
+"""Loads the compiled kernels and registers, for every op, its fake kernel (shapes for
+torch.compile) and its autograd formula. The schemas live in csrc/ops.cpp."""
+import json
+
+import torch
+
+_REBUILD = "rebuild it with `pip install --no-build-isolation -e .` in the itr_kernels repository"
+
+try:
+    from . import _C
+except ImportError as e:  # not built, or built against another torch (undefined symbols)
+    raise ImportError(f"itr_kernels._C, the compiled kernels, could not be loaded ({e}); {_REBUILD}") from e
+
+_COMPILED = json.loads(_C.build_info())
+if _COMPILED["torch_version"] != torch.__version__:
+    raise ImportError(
+        f"itr_kernels._C was built against torch {_COMPILED['torch_version']} but torch {torch.__version__} "
+        f"is installed; {_REBUILD}"
+    )
+
+ops = torch.ops.itr_kernels
+
+
+def build_info():
+    """What itr_kernels._C was compiled with (CPU flags, CUDA archs, torch and CUDA versions) and
+    which backends have kernels at run time."""
+    info = dict(_COMPILED)
+    info["torch_runtime"] = torch.__version__
+    info["backends"] = [
+        key for key in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key("itr_kernels::smooth_rank", key)
+    ]
+    return info
+
+
+# ---- fake kernels: output metadata only ----
+
+@torch.library.register_fake("itr_kernels::smooth_rank")
+def _smooth_rank_fake(scores, valid, tau):
+    return scores.new_empty(scores.shape)
+
+
+@torch.library.register_fake("itr_kernels::smooth_rank_backward")
+def _smooth_rank_backward_fake(grad, scores, valid, tau):
+    return scores.new_empty(scores.shape)
+
+
+@torch.library.register_fake("itr_kernels::smooth_ndcg")
+def _smooth_ndcg_fake(scores, relevance, valid, tau, k, linear_gain, compute_grad):
+    q = scores.shape[0]
+    idcg_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    grad = scores.new_empty(scores.shape if compute_grad else (0,))
+    return scores.new_empty((q,)), scores.new_empty((q,), dtype=idcg_dtype), grad
+
+
+# ---- autograd ----
+
+def _smooth_rank_setup(ctx, inputs, output):
+    scores, valid, tau = inputs
+    ctx.save_for_backward(scores, valid)
+    ctx.tau = tau
+
+
+def _smooth_rank_backward(ctx, grad):
+    scores, valid = ctx.saved_tensors
+    return ops.smooth_rank_backward(grad, scores, valid, ctx.tau), None, None
+
+
+torch.library.register_autograd("itr_kernels::smooth_rank", _smooth_rank_backward, setup_context=_smooth_rank_setup)
+
+
+def _smooth_ndcg_setup(ctx, inputs, output):
+    _, idcg, row_grad = output
+    ctx.mark_non_differentiable(idcg, row_grad)
+    ctx.save_for_backward(row_grad)
+
+
+def _smooth_ndcg_backward(ctx, grad_loss, grad_idcg, grad_row_grad):
+    # The forward already computed d loss[q] / d scores[q, :]; backward only scales the rows.
+    (row_grad,) = ctx.saved_tensors
+    if row_grad.dim() != 2:
+        raise RuntimeError("itr_kernels::smooth_ndcg was called with compute_grad=False; call it with "
+                           "compute_grad=True to differentiate it (itr_kernels.smooth_ndcg_loss does this)")
+    return row_grad * grad_loss.unsqueeze(-1).to(row_grad.dtype), None, None, None, None, None, None
+
+
+torch.library.register_autograd("itr_kernels::smooth_ndcg", _smooth_ndcg_backward, setup_context=_smooth_ndcg_setup)

@@ -1,0 +1,72 @@
+"""The fused losses: thin, validated wrappers over the itr_kernels ops (SPEC sections 1, 2, 4)."""
+import torch
+
+from . import _validate as check
+from ._ops import ops
+
+GAINS = ("exp", "linear")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def reduce_rows(per_row, counted, reduction):
+    """Apply `reduction` to per-row losses; `mean` averages over the `counted` rows (all if None),
+    0 when none is counted."""
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return per_row.sum()
+    if counted is None:
+        return per_row.mean()
+    return per_row.sum() / counted.sum().clamp(min=1)
+
+
+def smooth_rank(scores, tau=0.01, valid=None):
+    """Smooth (sigmoid-relaxed) rank of every candidate in its row:
+    ``1 + sum_{k != j, valid} sigmoid((S[q,k] - S[q,j]) / tau)``; 0 at masked entries.
+    O(Q*N) memory; differentiable."""
+    check.scores(scores)
+    check.positive(tau, "tau")
+    check.valid(valid, scores)
+    return ops.smooth_rank(scores, valid, float(tau))
+
+
+def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None, reduction="mean"):
+    """Smooth-NDCG loss ``1 - SNDCG`` per query row (SPEC section 2).
+
+    scores: (Q, N) float; relevance: (Q, N) in [0, 1]; gain "exp" (2^R - 1) or "linear" (R);
+    k: only the k most relevant candidates carry gain (IDCG@k); valid: optional bool mask of real
+    candidates; reduction: "mean" over rows with IDCG > 0, "sum", or "none" (per row).
+    """
+    check.scores(scores)
+    check.relevance(relevance, scores)
+    check.positive(tau, "tau")
+    check.top_k(k)
+    check.choice(gain, "gain", GAINS)
+    check.valid(valid, scores)
+    check.choice(reduction, "reduction", REDUCTIONS)
+    compute_grad = torch.is_grad_enabled() and scores.requires_grad
+    loss, idcg, _ = ops.smooth_ndcg(scores, relevance, valid, float(tau), k or 0, gain == "linear", compute_grad)
+    return reduce_rows(loss, idcg > 0, reduction)
+
+
+def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean"):
+    """VSE++ hinge triplet loss on a square in-batch matrix (positives on the diagonal), both
+    directions: rows are image-to-text queries, columns text-to-image.
+
+    max_violation: hardest negative (VSE++) or the sum over negatives (VSE0). reduction "none" gives
+    a (2, B) tensor [image-to-text, text-to-image]; "mean" averages both directions (the seed's
+    code); "sum" adds every row of both (the VSE++ paper's code).
+    """
+    check.square(scores)
+    check.finite(margin, "margin")
+    check.choice(reduction, "reduction", REDUCTIONS)
+    positives = scores.diagonal()
+    off_diagonal = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    # One hinge matrix per direction: row i against its positive S[i, i], column j against S[j, j].
+    i2t = (margin + scores - positives.unsqueeze(1)).clamp(min=0) * off_diagonal
+    t2i = (margin + scores - positives.unsqueeze(0)).clamp(min=0) * off_diagonal
+    if max_violation:
+        per_row = torch.stack([i2t.amax(dim=1), t2i.amax(dim=0)])
+    else:
+        per_row = torch.stack([i2t.sum(dim=1), t2i.sum(dim=0)])
+    return reduce_rows(per_row, None, reduction)

@@ -1,0 +1,42 @@
+"""Input generators and the accuracy rule shared by the tests."""
+import torch
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def cosine_scores(q, n, gen, spread=1.0, dim=32):
+    """In-batch-like scores: cosine similarities of random unit vectors, times `spread`."""
+    a = torch.nn.functional.normalize(torch.randn(q, dim, generator=gen, dtype=torch.float64), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(n, dim, generator=gen, dtype=torch.float64), dim=1)
+    return spread * a @ b.T
+
+
+def inputs(q, n, gen, masked=False, spread=1.0):
+    """float64 scores, relevance in [0, 1] and an optional mask that keeps at least one per row."""
+    scores = cosine_scores(q, n, gen, spread)
+    relevance = torch.rand(q, n, generator=gen, dtype=torch.float64)
+    valid = None
+    if masked:
+        valid = torch.rand(q, n, generator=gen) > 0.3
+        valid[:, 0] = True
+    return scores, relevance, valid
+
+
+def assert_close_to_truth(fused, truth, same_precision_ref, dtype, rtol32=1e-5, atol=1e-10):
+    """Errors are norms over the whole output. float64 / float32: relative bound, plus `atol` (per
+    element, scaled by sqrt(numel)) for outputs that are ~0: the gradient of a row whose pairs all
+    saturate, or a loss 1 - DCG/IDCG that cancels to 0 in low precision. float16 / bfloat16
+    (the flash-attention rule): the fused error against the float64 truth is at most twice that of
+    a same-precision PyTorch reference, plus two units in the last place."""
+    truth = truth.double()
+    atol = atol * max(1, truth.numel()) ** 0.5
+    err = (fused.double() - truth).norm().item()
+    scale = truth.norm().item()
+    if dtype == torch.float64:
+        assert err <= 1e-10 * scale + atol, (err, scale)
+    elif dtype == torch.float32:
+        assert err <= rtol32 * scale + atol, (err, scale)
+    else:
+        ref_err = (same_precision_ref.double() - truth).norm().item()
+        assert err <= 2 * ref_err + 2 * torch.finfo(dtype).eps * scale + atol, (err, ref_err, scale)
