@@ -52,6 +52,47 @@ inline T grad_sweep(const T* w, const T* a, int64_t n, T wk, T ak) {
   return acc;
 }
 
+// The same sums for a whole row, each unordered pair evaluated once: sigma(x) + sigma(-x) = 1
+// and sigma' is even, so a pair (j, k) serves both columns. Half the work of n full sweeps.
+// rank_row: out[j] = sum_{k != j} sigma((s_k - s_j) / tau).
+template <typename T>
+void rank_row(const T* w, int64_t n, T* out) {
+  std::fill(out, out + n, T(0));
+  for (int64_t j = 0; j < n; ++j) {
+    const T wj = w[j];
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t k = j + 1; k < n; ++k) {
+      T to_j, to_k;
+      PairSigmoid<T>::value_pair(w[k] - wj, to_j, to_k);
+      acc += to_j;
+      out[k] += to_k;
+    }
+    out[j] += acc;
+  }
+}
+
+// grad_row: out[k] = sum_j sigma'((s_j - s_k) / tau) * (a_j - a_k); a pair adds +t to one column
+// and -t to the other.
+template <typename T>
+void grad_row(const T* w, const T* a, int64_t n, T* out) {
+  std::fill(out, out + n, T(0));
+  for (int64_t k = 0; k < n; ++k) {
+    const T wk = w[k], ak = a[k];
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = k + 1; j < n; ++j) {
+      const T t = PairSigmoid<T>::grad(w[j] - wk) * (a[j] - ak);
+      acc += t;
+      out[j] -= t;
+    }
+    out[k] += acc;
+  }
+}
+
+// Whole-row sweeps need enough rows to keep every thread busy; otherwise rows are split in chunks.
+inline bool rows_fill_threads(int64_t rows) { return rows >= 2 * at::get_num_threads(); }
+
 // Runs f(q, begin, end) on column ranges of every row, in parallel over (row, chunk) so that
 // both many short rows and a few long rows keep every thread busy. pairs_per_col sizes the grain.
 template <typename F>

@@ -56,6 +56,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cpu(const at::Tensor&
     std::vector<T> w_gain(topk ? Q * kk : 0), a_gain(topk ? Q * kk : 0);
     const T scale = PairSigmoid<T>::scale(static_cast<T>(tau));
 
+    std::vector<T> ideal_discount(kk);  // 1 / log2(1 + i), i = 1..k: the same for every row
+    for (int64_t i = 0; i < kk; ++i) ideal_discount[i] = ndcg_discount(static_cast<T>(i + 1));
+
     // Phase 1, per row: stage scores, choose the gain set, gains and IDCG.
     for_each_row(Q, 8 * N, [&](int64_t q) {
       const bool* vq = v ? v + q * N : nullptr;
@@ -73,24 +76,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cpu(const at::Tensor&
         std::sort(cols, cols + mq);  // column order: sequential access in the sweeps below
       }
       m[q] = mq;
-      std::vector<T> gains(mq);
-      for (int32_t i = 0; i < mq; ++i) gains[i] = a[q * N + cols[i]] = ndcg_gain(rq[cols[i]], linear_gain);
-      std::sort(gains.begin(), gains.end(), [](T x, T y) { return ranks_before(x, 0, y, 0); });
+      T* gains = rhat.data() + q * N;  // scratch until phase 2 writes the ranks
+      bool nan_gain = false;
+      for (int32_t i = 0; i < mq; ++i) {
+        gains[i] = a[q * N + cols[i]] = ndcg_gain(rq[cols[i]], linear_gain);
+        nan_gain |= gains[i] != gains[i];
+      }
+      std::sort(gains, gains + mq, std::greater<T>());  // the ideal order (no NaN: checked)
       T ideal = 0;
-      for (int32_t i = 0; i < mq; ++i) ideal += gains[i] * ndcg_discount(static_cast<T>(i + 1));
-      row_idcg[q] = ideal;
+      for (int32_t i = 0; i < mq; ++i) ideal += gains[i] * ideal_discount[i];
+      row_idcg[q] = nan_gain ? std::numeric_limits<T>::quiet_NaN() : ideal;
     });
 
-    // Phase 2: smooth ranks of the gain columns (every valid column counts in them).
-    const T self_term = PairSigmoid<T>::value(T(0));
-    for_each_row_chunk(Q, kk, N, [&](int64_t q, int64_t begin, int64_t end) {
-      const T* wq = w.data() + q * N;
-      const int32_t* cols = gain_cols.data() + q * N;
-      for (int64_t i = begin; i < std::min<int64_t>(end, m[q]); ++i) {
-        const int32_t j = cols[i];
-        rhat[q * N + j] = T(1) + rank_sweep(wq, N, wq[j]) - self_term;
-      }
-    });
+    // Phase 2: smooth ranks of the gain columns (every valid column counts in them). Without
+    // top-k every valid column is a gain column: whole rows, each pair once, when rows fill the
+    // threads; otherwise one sweep per gain column, split in chunks.
+    const bool whole_rows = !topk && rows_fill_threads(Q);
+    if (whole_rows) {
+      for_each_row(Q, N * N / 2, [&](int64_t q) {
+        T* rq = rhat.data() + q * N;
+        rank_row(w.data() + q * N, N, rq);
+        for (int64_t j = 0; j < N; ++j) rq[j] += T(1);
+      });
+    } else {
+      const T self_term = PairSigmoid<T>::value(T(0));  // the k == j term that rank_sweep includes
+      for_each_row_chunk(Q, kk, N, [&](int64_t q, int64_t begin, int64_t end) {
+        const T* wq = w.data() + q * N;
+        const int32_t* cols = gain_cols.data() + q * N;
+        for (int64_t i = begin; i < std::min<int64_t>(end, m[q]); ++i) {
+          const int32_t j = cols[i];
+          rhat[q * N + j] = T(1) + rank_sweep(wq, N, wq[j]) - self_term;
+        }
+      });
+    }
 
     // Phase 3, per row: DCG, loss, and d loss / d Rhat of the gain columns.
     scalar_t* loss_p = loss.mutable_data_ptr<scalar_t>();
@@ -121,16 +139,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cpu(const at::Tensor&
     // set a_c = 0, and only gain columns have a_j != 0.
     scalar_t* grad_p = grad.mutable_data_ptr<scalar_t>();
     const T inv_tau = static_cast<T>(1.0 / tau);
+    const auto write = [&](int64_t q, int64_t c, T sum) {
+      T r;
+      if (v && !v[q * N + c]) r = T(0);
+      else if (nan_row[q]) r = std::numeric_limits<T>::quiet_NaN();
+      else r = inv_tau * sum;
+      grad_p[q * N + c] = static_cast<scalar_t>(r);
+    };
+    if (whole_rows) {
+      for_each_row(Q, N * N / 2, [&](int64_t q) {
+        std::vector<T> sums(N);
+        grad_row(w.data() + q * N, a.data() + q * N, N, sums.data());
+        for (int64_t c = 0; c < N; ++c) write(q, c, sums[c]);
+      });
+      return;
+    }
     for_each_row_chunk(Q, N, topk ? 2 * kk : N, [&](int64_t q, int64_t begin, int64_t end) {
       const T* wq = w.data() + q * N;
       const T* aq = a.data() + q * N;
       for (int64_t c = begin; c < end; ++c) {
-        T r;
-        if (v && !v[q * N + c]) r = T(0);
-        else if (nan_row[q]) r = std::numeric_limits<T>::quiet_NaN();
-        else if (topk && aq[c] == T(0)) r = inv_tau * grad_sweep(w_gain.data() + q * kk, a_gain.data() + q * kk, m[q], wq[c], T(0));
-        else r = inv_tau * grad_sweep(wq, aq, N, wq[c], aq[c]);
-        grad_p[q * N + c] = static_cast<scalar_t>(r);
+        if (topk && aq[c] == T(0))
+          write(q, c, grad_sweep(w_gain.data() + q * kk, a_gain.data() + q * kk, m[q], wq[c], T(0)));
+        else
+          write(q, c, grad_sweep(wq, aq, N, wq[c], aq[c]));
       }
     });
   });

@@ -35,17 +35,26 @@ at::Tensor smooth_rank_cpu(const at::Tensor& scores, const c10::optional<at::Ten
     for_each_row(Q, 2 * N, [&](int64_t q) {
       nan_row[q] = stage_row(s + q * N, v ? v + q * N : nullptr, N, scale, w.data() + q * N);
     });
-    const T self_term = PairSigmoid<T>::value(T(0));  // the k == j term the sweep includes
-    for_each_row_chunk(Q, N, N, [&](int64_t q, int64_t begin, int64_t end) {
-      const T* wq = w.data() + q * N;
-      for (int64_t j = begin; j < end; ++j) {
-        T r;
-        if (v && !v[q * N + j]) r = T(0);
-        else if (nan_row[q]) r = std::numeric_limits<T>::quiet_NaN();
-        else r = T(1) + rank_sweep(wq, N, wq[j]) - self_term;
-        o[q * N + j] = static_cast<scalar_t>(r);
-      }
-    });
+    const auto write = [&](int64_t q, int64_t j, T sum_over_others) {
+      T r;
+      if (v && !v[q * N + j]) r = T(0);
+      else if (nan_row[q]) r = std::numeric_limits<T>::quiet_NaN();
+      else r = T(1) + sum_over_others;
+      o[q * N + j] = static_cast<scalar_t>(r);
+    };
+    if (rows_fill_threads(Q)) {
+      for_each_row(Q, N * N / 2, [&](int64_t q) {
+        std::vector<T> sums(N);
+        rank_row(w.data() + q * N, N, sums.data());
+        for (int64_t j = 0; j < N; ++j) write(q, j, sums[j]);
+      });
+    } else {
+      const T self_term = PairSigmoid<T>::value(T(0));  // the k == j term that rank_sweep includes
+      for_each_row_chunk(Q, N, N, [&](int64_t q, int64_t begin, int64_t end) {
+        const T* wq = w.data() + q * N;
+        for (int64_t j = begin; j < end; ++j) write(q, j, rank_sweep(wq, N, wq[j]) - self_term);
+      });
+    }
   });
   return out;
 }
@@ -78,17 +87,26 @@ at::Tensor smooth_rank_backward_cpu(const at::Tensor& grad, const at::Tensor& sc
       for (int64_t j = 0; j < N; ++j) a[q * N + j] = (v && !v[q * N + j]) ? T(0) : g[q * N + j];
     });
     const T inv_tau = static_cast<T>(1.0 / tau);
-    for_each_row_chunk(Q, N, N, [&](int64_t q, int64_t begin, int64_t end) {
-      const T* wq = w.data() + q * N;
-      const T* aq = a.data() + q * N;
-      for (int64_t k = begin; k < end; ++k) {
-        T r;
-        if (v && !v[q * N + k]) r = T(0);
-        else if (nan_row[q]) r = std::numeric_limits<T>::quiet_NaN();
-        else r = inv_tau * grad_sweep(wq, aq, N, wq[k], aq[k]);
-        o[q * N + k] = static_cast<scalar_t>(r);
-      }
-    });
+    const auto write = [&](int64_t q, int64_t k, T sum) {
+      T r;
+      if (v && !v[q * N + k]) r = T(0);
+      else if (nan_row[q]) r = std::numeric_limits<T>::quiet_NaN();
+      else r = inv_tau * sum;
+      o[q * N + k] = static_cast<scalar_t>(r);
+    };
+    if (rows_fill_threads(Q)) {
+      for_each_row(Q, N * N / 2, [&](int64_t q) {
+        std::vector<T> sums(N);
+        grad_row(w.data() + q * N, a.data() + q * N, N, sums.data());
+        for (int64_t k = 0; k < N; ++k) write(q, k, sums[k]);
+      });
+    } else {
+      for_each_row_chunk(Q, N, N, [&](int64_t q, int64_t begin, int64_t end) {
+        const T* wq = w.data() + q * N;
+        const T* aq = a.data() + q * N;
+        for (int64_t k = begin; k < end; ++k) write(q, k, grad_sweep(wq, aq, N, wq[k], aq[k]));
+      });
+    }
   });
   return out;
 }

@@ -30,7 +30,8 @@ ITR_HD double log2_(double x) { return log2(x); }
 inline float exp2_poly(float t) {
   t = t < -64.f ? -64.f : t;
   t = t > 64.f ? 64.f : t;
-  const float n = (t + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23 trick)
+  const float shifted = t + 12582912.f;  // 1.5 * 2^23: the low mantissa bits now hold round(t)
+  const float n = shifted - 12582912.f;
   const float f = t - n;
   float p = 0.0013266970636323094f;
   p = p * f + 0.009675459936261177f;
@@ -38,9 +39,10 @@ inline float exp2_poly(float t) {
   p = p * f + 0.24022121727466583f;
   p = p * f + 0.6931469440460205f;
   p = p * f + 1.0000001192092896f;
-  int32_t bits;
+  int32_t bits, n_bits;
   std::memcpy(&bits, &p, 4);
-  bits += static_cast<int32_t>(n) * (1 << 23);
+  std::memcpy(&n_bits, &shifted, 4);
+  bits += static_cast<int32_t>(static_cast<uint32_t>(n_bits) << 23);  // p * 2^round(t)
   float r;
   std::memcpy(&r, &bits, 4);
   return r;
@@ -51,6 +53,20 @@ inline float exp2_poly(float t) {
 __device__ __forceinline__ float tanh_approx(float x) {
   float y;
   asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// 1 / x for x in [1, 2^64] on the FMA pipe (bit-trick seed, three Newton steps, 1e-7 relative),
+// so that a pair costs one special-function op (the exp2), not two.
+__device__ __forceinline__ float recip_fma(float x) {
+  float y = __int_as_float(0x7EF311C3 - __float_as_int(x));
+  y = fmaf(y, fmaf(-x, y, 1.f), y);
+  y = fmaf(y, fmaf(-x, y, 1.f), y);
+  y = fmaf(y, fmaf(-x, y, 1.f), y);
   return y;
 }
 #endif
@@ -65,6 +81,13 @@ template <>
 struct PairSigmoid<double> {
   static ITR_HD double scale(double tau) { return 1.0 / tau; }
   static ITR_HD double value(double d) { return 1.0 / (1.0 + exp(-d)); }
+  // sigma(d) and sigma(-d) = 1 - sigma(d), both to full relative precision.
+  static ITR_HD void value_pair(double d, double& fwd, double& rev) {
+    const double e = exp(-fabs(d));
+    const double r = 1.0 / (1.0 + e);
+    fwd = d >= 0 ? r : e * r;
+    rev = d >= 0 ? e * r : r;
+  }
   static ITR_HD double grad(double d) {
     const double e = exp(-fabs(d));
     const double r = 1.0 / (1.0 + e);
@@ -72,27 +95,54 @@ struct PairSigmoid<double> {
   }
 };
 
+// float: sigma(x) = 1 / (1 + 2^(-x log2 e)), with log2 e folded into the staged scores.
 template <>
 struct PairSigmoid<float> {
+  static ITR_HD float scale(float tau) { return static_cast<float>(kLog2e) / tau; }
 #if defined(__CUDA_ARCH__)
-  // sigma(x) = (1 + tanh(x/2)) / 2: one special-function op per pair.
-  static ITR_HD float scale(float tau) { return 0.5f / tau; }
-  static ITR_HD float value(float d) { return fmaf(0.5f, tanh_approx(d), 0.5f); }
-  static ITR_HD float grad(float d) {
-    const float t = tanh_approx(d);
-    return fmaf(-0.25f, t * t, 0.25f);
+  // ex2.approx (2 ulp) on the special-function unit; |d| <= 64 keeps 1 + e in recip_fma's range.
+  // Ternaries, not fminf/fmaxf, so that a NaN score stays NaN.
+  static __device__ __forceinline__ float exp2_neg(float d) {
+    d = d < -64.f ? -64.f : d;
+    d = d > 64.f ? 64.f : d;
+    return ex2_approx(-d);
+  }
+  static __device__ __forceinline__ float value(float d) { return recip_fma(1.f + exp2_neg(d)); }
+  static __device__ __forceinline__ float grad(float d) {
+    const float e = exp2_neg(d);
+    const float r = recip_fma(1.f + e);
+    return e * r * r;
   }
 #else
-  // sigma(x) = 1 / (1 + 2^(-x log2 e)), with log2 e folded into the staged scores.
-  static ITR_HD float scale(float tau) { return static_cast<float>(kLog2e) / tau; }
-  static ITR_HD float value(float d) { return 1.f / (1.f + exp2_poly(-d)); }
-  static ITR_HD float grad(float d) {
+  static float value(float d) { return 1.f / (1.f + exp2_poly(-d)); }
+  // sigma(d) and sigma(-d) = 1 - sigma(d), both to full relative precision (e <= 2^64).
+  static void value_pair(float d, float& fwd, float& rev) {
+    const float e = exp2_poly(-d);
+    fwd = 1.f / (1.f + e);
+    rev = e * fwd;
+  }
+  static float grad(float d) {
     const float e = exp2_poly(-d);
     const float r = 1.f / (1.f + e);
     return e * r * r;
   }
 #endif
 };
+
+#if defined(__CUDACC__)
+// float16 / bfloat16 inputs on the GPU: sigma(x) = (1 + tanh(x/2)) / 2, one special-function op
+// per pair; tanh.approx's 2^-11 relative error is below the inputs' own resolution.
+struct FastPairSigmoid {
+  static __host__ __device__ __forceinline__ float scale(float tau) { return 0.5f / tau; }
+#if defined(__CUDA_ARCH__)
+  static __device__ __forceinline__ float value(float d) { return fmaf(0.5f, tanh_approx(d), 0.5f); }
+  static __device__ __forceinline__ float grad(float d) {
+    const float t = tanh_approx(d);
+    return fmaf(-0.25f, t * t, 0.25f);
+  }
+#endif
+};
+#endif
 
 // ---- Smooth-NDCG (SPEC section 2) ----
 
