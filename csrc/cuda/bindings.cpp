@@ -1,0 +1,224 @@
+// Registers the CUDA kernels for the itr_kernels ops: checks, device guard, the current stream,
+// outputs and workspace; the kernels themselves live in ranking_kernels.cu.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <tuple>
+
+#include "checks.h"
+#include "cuda/launchers.h"
+
+namespace itr {
+namespace cuda {
+namespace {
+
+Dtype dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kDouble: return Dtype::kFloat64;
+    case at::kFloat: return Dtype::kFloat32;
+    case at::kHalf: return Dtype::kFloat16;
+    case at::kBFloat16: return Dtype::kBFloat16;
+    default: TORCH_CHECK_TYPE(false, "unsupported dtype ", t.scalar_type());
+  }
+}
+
+// Scores are read through their strides: scores.T (the text-to-image direction) is not copied.
+Matrix matrix_of(const at::Tensor& scores) {
+  return Matrix{scores.const_data_ptr(), dtype_of(scores), scores.size(0), scores.size(1), scores.stride(0),
+                scores.stride(1)};
+}
+
+const bool* valid_ptr(const at::Tensor& v) { return v.defined() ? v.const_data_ptr<bool>() : nullptr; }
+
+// Each row's candidates by relevance, descending, ties to the lower column (a stable sort), masked
+// ones last; and how many are valid.
+std::tuple<at::Tensor, at::Tensor> relevance_order(const at::Tensor& R, const at::Tensor& V) {
+  const at::Tensor key = V.defined() ? R.masked_fill(V.logical_not(), -std::numeric_limits<double>::infinity()) : R;
+  const at::Tensor order = std::get<1>(key.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true)).contiguous();
+  const at::Tensor n_valid =
+      (V.defined() ? V.sum(1) : at::full({R.size(0)}, R.size(1), R.options().dtype(at::kLong))).to(at::kLong);
+  return {order, n_valid};
+}
+
+at::Tensor smooth_rank_cuda(const at::Tensor& scores, const c10::optional<at::Tensor>& valid, double tau) {
+  check_scores(scores);
+  check_valid(valid, scores);
+  check_tau(tau);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
+  at::Tensor out = at::empty(scores.sizes(), scores.options());
+  C10_CUDA_CHECK(itr::cuda::smooth_rank(matrix_of(scores), valid_ptr(V), tau, out.mutable_data_ptr(),
+                                        c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+at::Tensor smooth_rank_backward_cuda(const at::Tensor& grad, const at::Tensor& scores,
+                                     const c10::optional<at::Tensor>& valid, double tau) {
+  check_scores(scores);
+  check_like_scores(grad, scores, "grad");
+  check_valid(valid, scores);
+  check_tau(tau);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
+  const at::Tensor G = grad.to(scores.scalar_type()).contiguous();
+  at::Tensor out = at::empty(scores.sizes(), scores.options());
+  C10_CUDA_CHECK(itr::cuda::smooth_rank_backward(matrix_of(scores), valid_ptr(V), G.const_data_ptr(), dtype_of(G),
+                                                 tau, out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cuda(const at::Tensor& scores, const at::Tensor& relevance,
+                                                                const c10::optional<at::Tensor>& valid, double tau,
+                                                                int64_t k, bool linear_gain, bool compute_grad) {
+  check_scores(scores);
+  check_like_scores(relevance, scores, "relevance");
+  TORCH_CHECK_TYPE(at::isFloatingType(relevance.scalar_type()), "relevance must be a floating tensor, got ",
+                   relevance.scalar_type());
+  check_valid(valid, scores);
+  check_tau(tau);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const int64_t Q = scores.size(0), N = scores.size(1);
+  const auto acc_dtype = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
+  const at::Tensor R = relevance.to(acc_dtype).contiguous();
+  // Gain set and ideal order: the first min(k, n_valid) of the relevance order.
+  auto [order, set_size] = relevance_order(R, V);
+  if (k > 0) set_size = set_size.clamp_max(k);
+  set_size = set_size.contiguous();
+
+  at::Tensor loss = at::zeros({Q}, scores.options());
+  at::Tensor idcg = at::zeros({Q}, scores.options().dtype(acc_dtype));
+  at::Tensor grad = at::zeros(compute_grad ? scores.sizes() : at::IntArrayRef{0}, scores.options());
+  at::Tensor work = at::empty({3, Q, N}, scores.options().dtype(acc_dtype));
+  C10_CUDA_CHECK(itr::cuda::smooth_ndcg(matrix_of(scores), valid_ptr(V), R.const_data_ptr(),
+                                        order.const_data_ptr<int64_t>(), set_size.const_data_ptr<int64_t>(), tau,
+                                        linear_gain, work.mutable_data_ptr(), loss.mutable_data_ptr(),
+                                        idcg.mutable_data_ptr(), compute_grad ? grad.mutable_data_ptr() : nullptr,
+                                        c10::cuda::getCurrentCUDAStream()));
+  return {loss, idcg, grad};
+}
+
+at::ScalarType acc_type(const at::Tensor& scores) {
+  return scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::Tensor relevance_acc(const c10::optional<at::Tensor>& relevance, const at::Tensor& scores) {
+  return relevance.has_value() ? relevance->to(acc_type(scores)).contiguous() : at::Tensor();
+}
+
+void check_square(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance, double temperature) {
+  check_scores(scores);
+  TORCH_CHECK_VALUE(scores.size(0) == scores.size(1), "scores must be a square in-batch matrix, got ",
+                    scores.sizes());
+  if (relevance.has_value()) check_like_scores(*relevance, scores, "relevance");
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "temperature must be > 0, got ", temperature);
+}
+
+std::tuple<at::Tensor, at::Tensor> triplet_sn_cuda(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance,
+                                                   double margin, double temperature, double rho) {
+  check_square(scores, relevance, temperature);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const int64_t B = scores.size(0);
+  const at::Tensor R = relevance_acc(relevance, scores);
+  at::Tensor loss = at::empty({2, B}, scores.options());
+  at::Tensor lse = at::empty({2, B}, scores.options().dtype(acc_type(scores)));
+  C10_CUDA_CHECK(itr::cuda::triplet_sn(matrix_of(scores), R.defined() ? R.const_data_ptr() : nullptr, margin,
+                                       temperature, rho, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
+                                       c10::cuda::getCurrentCUDAStream()));
+  return {loss, lse};
+}
+
+at::Tensor triplet_sn_backward_cuda(const at::Tensor& grad, const at::Tensor& scores,
+                                    const c10::optional<at::Tensor>& relevance, const at::Tensor& lse, double margin,
+                                    double temperature, double rho) {
+  check_square(scores, relevance, temperature);
+  const int64_t B = scores.size(0);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({2, B}) && lse.sizes() == at::IntArrayRef({2, B}),
+                    "grad and lse must have shape (2, B)");
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const at::Tensor R = relevance_acc(relevance, scores);
+  const at::Tensor G = grad.to(acc_type(scores)).contiguous();
+  const at::Tensor L = lse.to(acc_type(scores)).contiguous();
+  at::Tensor out = at::empty({B, B}, scores.options());
+  C10_CUDA_CHECK(itr::cuda::triplet_sn_backward(matrix_of(scores), R.defined() ? R.const_data_ptr() : nullptr,
+                                                G.const_data_ptr(), L.const_data_ptr(), margin, temperature, rho,
+                                                out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+void check_kendall(const at::Tensor& scores, const at::Tensor& relevance, const c10::optional<at::Tensor>& valid,
+                   double gap) {
+  check_scores(scores);
+  check_like_scores(relevance, scores, "relevance");
+  TORCH_CHECK_TYPE(at::isFloatingType(relevance.scalar_type()), "relevance must be a floating tensor");
+  check_valid(valid, scores);
+  TORCH_CHECK_VALUE(std::isfinite(gap) && gap >= 0, "gap must be a finite number >= 0, got ", gap);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cuda(const at::Tensor& scores, const at::Tensor& relevance,
+                                                                 const c10::optional<at::Tensor>& valid, double gap,
+                                                                 int64_t phi, double margin, double temperature,
+                                                                 bool compute_grad) {
+  check_kendall(scores, relevance, valid, gap);
+  TORCH_CHECK_VALUE(phi >= 0 && phi <= 2, "phi must be 0 (hinge), 1 (logistic) or 2 (tanh), got ", phi);
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "temperature must be > 0, got ", temperature);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const int64_t Q = scores.size(0), N = scores.size(1);
+  const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
+  const at::Tensor R = relevance.to(acc_type(scores)).contiguous();
+  at::Tensor sums = at::zeros({Q}, scores.options());
+  at::Tensor counts = at::zeros({Q}, scores.options().dtype(at::kLong));
+  at::Tensor grad = at::zeros(compute_grad ? scores.sizes() : at::IntArrayRef{0}, scores.options());
+  // Per-tile partial sums (accumulator type) followed by per-tile counts (int64).
+  const int64_t parts = Q * itr::cuda::kendall_tiles(N);
+  at::Tensor work = at::empty({parts * 2}, scores.options().dtype(at::kDouble));
+  C10_CUDA_CHECK(itr::cuda::kendall_full(matrix_of(scores), R.const_data_ptr(), valid_ptr(V), gap, static_cast<int>(phi),
+                                         margin, temperature, work.mutable_data_ptr(), sums.mutable_data_ptr(),
+                                         counts.mutable_data_ptr<int64_t>(),
+                                         compute_grad ? grad.mutable_data_ptr() : nullptr,
+                                         c10::cuda::getCurrentCUDAStream()));
+  return {sums, counts, grad};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cuda(const at::Tensor& scores, const at::Tensor& relevance,
+                                                                 const c10::optional<at::Tensor>& valid,
+                                                                 int64_t window, int64_t stride, double gap) {
+  check_kendall(scores, relevance, valid, gap);
+  TORCH_CHECK_VALUE(window >= 1, "window must be >= 1, got ", window);
+  TORCH_CHECK_VALUE(stride >= 1, "stride must be >= 1, got ", stride);
+  const c10::cuda::CUDAGuard guard(scores.device());
+  const int64_t Q = scores.size(0), N = scores.size(1);
+  const int64_t steps = N > window ? (N - window + stride - 1) / stride : 0;
+  const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
+  const at::Tensor R = relevance.to(acc_type(scores)).contiguous();
+  auto [order, n_valid] = relevance_order(R, V);
+  n_valid = n_valid.contiguous();
+  at::Tensor upper = at::zeros({Q, steps}, scores.options().dtype(at::kLong));
+  at::Tensor lower = at::zeros({Q, steps}, scores.options().dtype(at::kLong));
+  at::Tensor keep = at::zeros({Q, steps}, scores.options().dtype(at::kBool));
+  C10_CUDA_CHECK(itr::cuda::kendall_swhs(matrix_of(scores), R.const_data_ptr(), order.const_data_ptr<int64_t>(),
+                                         n_valid.const_data_ptr<int64_t>(), window, stride, steps, gap,
+                                         upper.mutable_data_ptr<int64_t>(), lower.mutable_data_ptr<int64_t>(),
+                                         keep.mutable_data_ptr<bool>(), c10::cuda::getCurrentCUDAStream()));
+  return {upper, lower, keep};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(itr_kernels, CUDA, m) {
+  m.impl("smooth_rank", &smooth_rank_cuda);
+  m.impl("smooth_rank_backward", &smooth_rank_backward_cuda);
+  m.impl("smooth_ndcg", &smooth_ndcg_cuda);
+  m.impl("triplet_sn", &triplet_sn_cuda);
+  m.impl("triplet_sn_backward", &triplet_sn_backward_cuda);
+  m.impl("kendall_full", &kendall_full_cuda);
+  m.impl("kendall_swhs", &kendall_swhs_cuda);
+}
+
+}  // namespace cuda
+}  // namespace itr
