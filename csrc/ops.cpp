@@ -15,6 +15,23 @@ TORCH_LIBRARY(itr_kernels, m) {
   m.def(
       "smooth_ndcg(Tensor scores, Tensor relevance, Tensor? valid, float tau, int k, bool linear_gain, "
       "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+
+  // Triplet-SN on a square in-batch matrix: per-query losses (2, B) [image-to-text, text-to-image]
+  // and their log(1 + sum exp) (2, B), which the backward reuses.
+  m.def("triplet_sn(Tensor scores, Tensor? relevance, float margin, float temperature, float rho) -> (Tensor, Tensor)");
+  m.def(
+      "triplet_sn_backward(Tensor grad, Tensor scores, Tensor? relevance, Tensor lse, float margin, "
+      "float temperature, float rho) -> Tensor");
+  // Kendall ranking loss, full pair form: per-row sums, per-row pair counts and (if compute_grad)
+  // d sum[q] / d S[q, :]. phi: 0 hinge, 1 logistic, 2 tanh.
+  m.def(
+      "kendall_full(Tensor scores, Tensor relevance, Tensor? valid, float gap, int phi, float margin, "
+      "float temperature, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  // SW-HS selection: per row and window step, the hard upper column, the hard lower column, and
+  // whether the windows' relevance gap exceeds `gap`. Shapes (Q, steps).
+  m.def(
+      "kendall_swhs(Tensor scores, Tensor relevance, Tensor? valid, int window, int stride, float gap) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 #define ITR_STR2(x) #x

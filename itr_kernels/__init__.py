@@ -3,8 +3,9 @@
 Every public function has a pure-PyTorch twin in `itr_kernels.reference`."""
 from . import reference
 from ._ops import build_info
+from .bcls import kendall_loss, listnet_loss, ranknet_loss, smooth_ap_loss, triplet_sn_loss
 from .losses import smooth_ndcg_loss, smooth_rank, triplet_loss
-from .modules import ListwiseITRLoss, SmoothNDCGLoss
+from .modules import BCLSLoss, KendallRankLoss, ListwiseITRLoss, SmoothNDCGLoss, TripletSNLoss
 
 __version__ = "0.1.0"
 __all__ = [
@@ -14,5 +15,13 @@ __all__ = [
     "triplet_loss",
     "SmoothNDCGLoss",
     "ListwiseITRLoss",
+    "triplet_sn_loss",
+    "kendall_loss",
+    "ranknet_loss",
+    "smooth_ap_loss",
+    "listnet_loss",
+    "TripletSNLoss",
+    "KendallRankLoss",
+    "BCLSLoss",
     "reference",
 ]

@@ -84,3 +84,70 @@ def _smooth_ndcg_backward(ctx, grad_loss, grad_idcg, grad_row_grad):
 
 
 torch.library.register_autograd("itr_kernels::smooth_ndcg", _smooth_ndcg_backward, setup_context=_smooth_ndcg_setup)
+
+
+# ---- BCLS ops (SPEC section 5) ----
+
+@torch.library.register_fake("itr_kernels::triplet_sn")
+def _triplet_sn_fake(scores, relevance, margin, temperature, rho):
+    b = scores.shape[0]
+    lse_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    return scores.new_empty((2, b)), scores.new_empty((2, b), dtype=lse_dtype)
+
+
+@torch.library.register_fake("itr_kernels::triplet_sn_backward")
+def _triplet_sn_backward_fake(grad, scores, relevance, lse, margin, temperature, rho):
+    return scores.new_empty(scores.shape)
+
+
+def _triplet_sn_setup(ctx, inputs, output):
+    scores, relevance, margin, temperature, rho = inputs
+    _, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(scores, relevance, lse)
+    ctx.args = (margin, temperature, rho)
+
+
+def _triplet_sn_backward(ctx, grad_loss, grad_lse):
+    scores, relevance, lse = ctx.saved_tensors
+    grad = ops.triplet_sn_backward(grad_loss, scores, relevance, lse, *ctx.args)
+    return grad, None, None, None, None
+
+
+torch.library.register_autograd("itr_kernels::triplet_sn", _triplet_sn_backward, setup_context=_triplet_sn_setup)
+
+
+@torch.library.register_fake("itr_kernels::kendall_full")
+def _kendall_full_fake(scores, relevance, valid, gap, phi, margin, temperature, compute_grad):
+    q = scores.shape[0]
+    grad = scores.new_empty(scores.shape if compute_grad else (0,))
+    return scores.new_empty((q,)), scores.new_empty((q,), dtype=torch.int64), grad
+
+
+def _kendall_full_setup(ctx, inputs, output):
+    _, counts, row_grad = output
+    ctx.mark_non_differentiable(counts, row_grad)
+    ctx.save_for_backward(row_grad)
+
+
+def _kendall_full_backward(ctx, grad_sums, grad_counts, grad_row_grad):
+    (row_grad,) = ctx.saved_tensors
+    if row_grad.dim() != 2:
+        raise RuntimeError("itr_kernels::kendall_full was called with compute_grad=False; call it with "
+                           "compute_grad=True to differentiate it (itr_kernels.kendall_loss does this)")
+    return row_grad * grad_sums.unsqueeze(-1).to(row_grad.dtype), None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("itr_kernels::kendall_full", _kendall_full_backward, setup_context=_kendall_full_setup)
+
+
+def swhs_steps(n, window, stride):
+    """Window steps of SW-HS on n candidates: while the lower window is non-empty."""
+    return (n - window + stride - 1) // stride if n > window else 0
+
+
+@torch.library.register_fake("itr_kernels::kendall_swhs")
+def _kendall_swhs_fake(scores, relevance, valid, window, stride, gap):
+    shape = (scores.shape[0], swhs_steps(scores.shape[1], window, stride))
+    return (scores.new_empty(shape, dtype=torch.int64), scores.new_empty(shape, dtype=torch.int64),
+            scores.new_empty(shape, dtype=torch.bool))

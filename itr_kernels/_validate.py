@@ -79,3 +79,14 @@ def top_k(k):
 def choice(x, name, options):
     if x not in options:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}; got {x!r}")
+
+
+def non_negative(x, name):
+    finite(x, name)
+    if x < 0:
+        raise ValueError(f"{name} must be >= 0, got {x!r}")
+
+
+def positive_int(x, name):
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {x!r}")

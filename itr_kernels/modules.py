@@ -3,7 +3,7 @@
 from torch import nn
 
 from . import _validate as check
-from . import losses
+from . import bcls, losses
 
 
 class SmoothNDCGLoss(nn.Module):
@@ -61,3 +61,75 @@ class ListwiseITRLoss(nn.Module):
     def extra_repr(self):
         return (f"margin={self.margin}, tau={self.tau}, weight={self.weight}, k={self.k}, gain={self.gain!r}, "
                 f"max_violation={self.max_violation}, triplet_reduction={self.triplet_reduction!r}")
+
+
+class TripletSNLoss(nn.Module):
+    """Triplet-SN on a square in-batch matrix; see `triplet_sn_loss`."""
+
+    impl = bcls
+
+    def __init__(self, margin=0.2, temperature=0.01, rho=1.0, reduction="mean"):
+        super().__init__()
+        check.finite(margin, "margin")
+        check.positive(temperature, "temperature")
+        check.finite(rho, "rho")
+        check.choice(reduction, "reduction", losses.REDUCTIONS)
+        self.margin, self.temperature, self.rho, self.reduction = margin, temperature, rho, reduction
+
+    def forward(self, scores, relevance=None):
+        return self.impl.triplet_sn_loss(scores, relevance, self.margin, self.temperature, self.rho, self.reduction)
+
+
+class KendallRankLoss(nn.Module):
+    """Kendall ranking loss on (Q, N) scores against continuous relevance; see `kendall_loss`."""
+
+    impl = bcls
+
+    def __init__(self, gap=None, phi="hinge", margin=0.0, temperature=0.01, sampling="full", window=8, stride=None,
+                 reduction="mean"):
+        super().__init__()
+        check.choice(phi, "phi", bcls.PHIS)
+        check.choice(sampling, "sampling", bcls.SAMPLINGS)
+        if gap is not None:
+            check.non_negative(gap, "gap")
+        check.finite(margin, "margin")
+        check.positive(temperature, "temperature")
+        check.positive_int(window, "window")
+        if stride is not None:
+            check.positive_int(stride, "stride")
+        check.choice(reduction, "reduction", losses.REDUCTIONS)
+        self.gap, self.phi, self.margin, self.temperature = gap, phi, margin, temperature
+        self.sampling, self.window, self.stride, self.reduction = sampling, window, stride, reduction
+
+    def forward(self, scores, relevance, valid=None):
+        return self.impl.kendall_loss(scores, relevance, self.gap, self.phi, self.margin, self.temperature,
+                                      self.sampling, self.window, self.stride, valid, self.reduction)
+
+
+class BCLSLoss(nn.Module):
+    """BCLS (SPEC section 5) on a square in-batch score matrix:
+
+        TripletSN(S, R_i2t) + mu * (Kendall(S, R_i2t) + Kendall(S.T, R_t2i)) / 2
+
+    with the Kendall loss sampled by SW-HS by default. `relevance_t2i` defaults to
+    `relevance_i2t.T`; Triplet-SN's soft negatives (rho < 1) read `relevance_i2t` for both of its
+    directions."""
+
+    impl = bcls
+
+    def __init__(self, mu=1.0, margin=0.2, temperature=0.01, rho=1.0, gap=None, phi="hinge", kendall_margin=0.0,
+                 kendall_temperature=0.01, sampling="swhs", window=8, stride=None):
+        super().__init__()
+        check.finite(mu, "mu")
+        self.mu = mu
+        self.triplet = TripletSNLoss(margin, temperature, rho)
+        self.kendall = KendallRankLoss(gap, phi, kendall_margin, kendall_temperature, sampling, window, stride)
+        self.triplet.impl = self.kendall.impl = self.impl
+
+    def forward(self, scores, relevance_i2t, relevance_t2i=None):
+        check.square(scores)
+        if relevance_t2i is None:
+            check.tensor(relevance_i2t, "relevance_i2t")
+            relevance_t2i = relevance_i2t.T
+        kendall = (self.kendall(scores, relevance_i2t) + self.kendall(scores.T, relevance_t2i)) / 2
+        return self.triplet(scores, relevance_i2t) + self.mu * kendall

@@ -6,7 +6,10 @@ import sys
 import torch
 
 from . import _validate as check
-from . import modules
+from . import bcls, modules
+from ._ops import swhs_steps
+from .bcls import listnet_loss  # noqa: F401  (already plain tensor code: O(Q*N), nothing to fuse)
+from .bcls import phi_value
 from .losses import GAINS, REDUCTIONS, reduce_rows
 
 
@@ -70,9 +73,77 @@ def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean"):
     return reduce_rows(torch.stack(per_direction), None, reduction)
 
 
+def triplet_sn_loss(scores, relevance=None, margin=0.2, temperature=0.01, rho=1.0, reduction="mean"):
+    bcls._triplet_sn_args(scores, relevance, margin, temperature, rho, reduction)
+    b = scores.shape[0]
+    others = ~torch.eye(b, dtype=torch.bool, device=scores.device)
+    zero = scores.new_zeros(b, 1)
+    per_direction = []
+    for m, r in ((scores, relevance), (scores.T, None if relevance is None else relevance.T)):
+        negatives = others if r is None else others & (r < rho)
+        x = torch.where(negatives, (margin + m - m.diagonal().unsqueeze(1)) / temperature, -torch.inf)
+        per_direction.append(temperature * torch.logsumexp(torch.cat([zero, x], dim=1), dim=1))  # log(1 + sum e^x)
+    return reduce_rows(torch.stack(per_direction), None, reduction)
+
+
+def kendall_loss(scores, relevance, gap=None, phi="hinge", margin=0.0, temperature=0.01, sampling="full", window=8,
+                 stride=None, valid=None, reduction="mean"):
+    gap, stride = bcls._kendall_args(scores, relevance, gap, phi, margin, temperature, sampling, window, stride,
+                                     valid, reduction)
+    valid = _valid_or_all(valid, scores)
+    rel = relevance.to(scores.dtype)
+    s = torch.where(valid, scores, 0)
+    if sampling == "full":
+        in_pairs = (rel.unsqueeze(2) - rel.unsqueeze(1) > gap) & valid.unsqueeze(2) & valid.unsqueeze(1)  # [q, j, k]
+        terms = torch.where(in_pairs, phi_value(s.unsqueeze(1) - s.unsqueeze(2), phi, margin, temperature), 0)
+        return reduce_rows(terms.sum(dim=(1, 2)), in_pairs.sum(dim=(1, 2)), reduction)
+    n = scores.shape[1]
+    order = torch.sort(torch.where(valid, rel, -torch.inf), dim=1, descending=True, stable=True).indices
+    n_valid = valid.sum(dim=1, keepdim=True)
+    s_sorted, r_sorted = s.gather(1, order), rel.gather(1, order)
+    position = torch.arange(n, device=scores.device)
+    sums, counts = scores.new_zeros(scores.shape[0]), torch.zeros_like(n_valid.squeeze(1))
+    for t in range(swhs_steps(n, window, stride)):
+        u0, l0 = t * stride, t * stride + window
+        in_u = (position >= u0) & (position < u0 + window) & (position < n_valid)
+        in_l = (position >= l0) & (position < l0 + window) & (position < n_valid)
+        # Hardest pair: lowest score in the upper window, highest in the lower; ties to the lower column.
+        low = torch.where(in_u, s_sorted, torch.inf).amin(dim=1, keepdim=True)
+        high = torch.where(in_l, s_sorted, -torch.inf).amax(dim=1, keepdim=True)
+        a = torch.where(in_u & (s_sorted == low), order, n).amin(dim=1, keepdim=True).clamp(max=n - 1)
+        b = torch.where(in_l & (s_sorted == high), order, n).amin(dim=1, keepdim=True).clamp(max=n - 1)
+        last_upper = (torch.minimum(n_valid, torch.tensor(u0 + window)) - 1).clamp(min=0)
+        first_lower = torch.full_like(last_upper, min(l0, n - 1))
+        keep = (l0 < n_valid) & (r_sorted.gather(1, last_upper) - r_sorted.gather(1, first_lower) > gap)
+        term = phi_value(scores.gather(1, b) - scores.gather(1, a), phi, margin, temperature)
+        sums = sums + torch.where(keep, term, 0).squeeze(1)
+        counts = counts + keep.squeeze(1)
+    return reduce_rows(sums, counts, reduction)
+
+
+def ranknet_loss(scores, relevance, gap=0.0, temperature=1.0, valid=None, reduction="mean"):
+    return kendall_loss(scores, relevance, gap, "logistic", 0.0, temperature, "full", valid=valid, reduction=reduction)
+
+
+def smooth_ap_loss(scores, positives, tau=0.01, valid=None, reduction="mean"):
+    return bcls._smooth_ap(smooth_rank, scores, positives, tau, valid, reduction)
+
+
 class SmoothNDCGLoss(modules.SmoothNDCGLoss):
     impl = sys.modules[__name__]
 
 
 class ListwiseITRLoss(modules.ListwiseITRLoss):
+    impl = sys.modules[__name__]
+
+
+class TripletSNLoss(modules.TripletSNLoss):
+    impl = sys.modules[__name__]
+
+
+class KendallRankLoss(modules.KendallRankLoss):
+    impl = sys.modules[__name__]
+
+
+class BCLSLoss(modules.BCLSLoss):
     impl = sys.modules[__name__]

@@ -1,0 +1,127 @@
+"""BCLS losses (SPEC section 5) and the ranking losses that share their kernels (section 6):
+Triplet-SN, the Kendall ranking loss (full pair form or SW-HS sampling), RankNet, Smooth-AP, ListNet.
+The definitions are this project's reading of the BCLS abstract (no code was published)."""
+import torch
+import torch.nn.functional as F
+
+from . import _validate as check
+from ._ops import ops
+from .losses import REDUCTIONS, reduce_rows, smooth_rank
+
+PHIS = ("hinge", "logistic", "tanh")
+SAMPLINGS = ("full", "swhs")
+DEFAULT_GAP = {"full": 0.3, "swhs": 0.0}  # SPEC: ITM_CLS RCLoss for full; SW-HS windows do the filtering
+
+
+def phi_value(x, phi, margin, temperature):
+    """The Kendall surrogate phi(x) on x = S[k] - S[j] (j the more relevant)."""
+    if phi == "hinge":
+        return (margin + x).clamp(min=0)
+    if phi == "logistic":
+        return temperature * F.softplus(x / temperature)
+    return (1 + torch.tanh(x / temperature)) / 2
+
+
+def _kendall_args(scores, relevance, gap, phi, margin, temperature, sampling, window, stride, valid, reduction):
+    check.scores(scores)
+    check.relevance(relevance, scores)
+    check.choice(phi, "phi", PHIS)
+    check.choice(sampling, "sampling", SAMPLINGS)
+    gap = DEFAULT_GAP[sampling] if gap is None else gap
+    check.non_negative(gap, "gap")
+    check.finite(margin, "margin")
+    check.positive(temperature, "temperature")
+    check.positive_int(window, "window")
+    stride = window if stride is None else stride
+    check.positive_int(stride, "stride")
+    check.valid(valid, scores)
+    check.choice(reduction, "reduction", REDUCTIONS)
+    return float(gap), int(stride)
+
+
+def _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction):
+    check.square(scores)
+    if relevance is not None:
+        check.relevance(relevance, scores)
+    check.finite(margin, "margin")
+    check.positive(temperature, "temperature")
+    check.finite(rho, "rho")
+    check.choice(reduction, "reduction", REDUCTIONS)
+
+
+def triplet_sn_loss(scores, relevance=None, margin=0.2, temperature=0.01, rho=1.0, reduction="mean"):
+    """Triplet loss with soft negative mining on a square in-batch matrix (diagonal = positives):
+    per query ``T * log(1 + sum_{j in Neg} exp((m + S[q,j] - S[q,p]) / T))`` with
+    ``Neg = {j != p : R[q,j] < rho}``, both directions from one pass over S (the text-to-image
+    direction uses relevance.T). "none" gives (2, B) [image-to-text, text-to-image]; "mean"
+    averages each direction, then the two."""
+    _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction)
+    loss, _ = ops.triplet_sn(scores, relevance, float(margin), float(temperature), float(rho))
+    return reduce_rows(loss, None, reduction)
+
+
+def kendall_loss(scores, relevance, gap=None, phi="hinge", margin=0.0, temperature=0.01, sampling="full", window=8,
+                 stride=None, valid=None, reduction="mean"):
+    """Kendall ranking loss: ``phi(S[q,k] - S[q,j])`` over pairs with ``R[q,j] - R[q,k] > gap``.
+
+    sampling "full": every such pair, O(Q*N) memory (gap default 0.3). "swhs": sliding windows of
+    `window` positions (stride `stride`, default `window`) over each row sorted by relevance; each
+    upper/lower window pair whose relevance gap exceeds `gap` (default 0) contributes its hardest
+    pair only. "mean" divides by the total pair (term) count; "none" gives per-row sums."""
+    gap, stride = _kendall_args(scores, relevance, gap, phi, margin, temperature, sampling, window, stride, valid,
+                                reduction)
+    if sampling == "full":
+        compute_grad = torch.is_grad_enabled() and scores.requires_grad
+        sums, counts, _ = ops.kendall_full(scores, relevance, valid, gap, PHIS.index(phi), float(margin),
+                                           float(temperature), compute_grad)
+        return reduce_rows(sums, counts, reduction)
+    upper, lower, keep = ops.kendall_swhs(scores, relevance, valid, int(window), stride, gap)
+    terms = phi_value(scores.gather(1, lower) - scores.gather(1, upper), phi, margin, temperature)
+    return reduce_rows(torch.where(keep, terms, 0).sum(dim=1), keep.sum(dim=1), reduction)
+
+
+def ranknet_loss(scores, relevance, gap=0.0, temperature=1.0, valid=None, reduction="mean"):
+    """RankNet: the full Kendall form with the logistic surrogate ``T * softplus(x / T)``."""
+    return kendall_loss(scores, relevance, gap, "logistic", 0.0, temperature, "full", valid=valid, reduction=reduction)
+
+
+def smooth_ap_loss(scores, positives, tau=0.01, valid=None, reduction="mean"):
+    """Smooth-AP: ``1 - mean_q (1/|P_q|) sum_{i in P_q} Rhat_P(i) / Rhat(i)``, with Rhat the smooth
+    rank among all valid candidates and Rhat_P among the positives. Rows without positives: loss 0,
+    not counted by "mean"."""
+    return _smooth_ap(smooth_rank, scores, positives, tau, valid, reduction)
+
+
+def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
+    check.scores(scores)
+    check.like_scores(positives, scores, "positives")
+    if positives.dtype != torch.bool:
+        raise TypeError(f"positives must be a bool tensor, got {positives.dtype}")
+    check.positive(tau, "tau")
+    check.valid(valid, scores)
+    check.choice(reduction, "reduction", REDUCTIONS)
+    pos = positives if valid is None else positives & valid
+    rank_all = rank_fn(scores, tau, valid)
+    rank_pos = rank_fn(scores, tau, pos)
+    n_pos = pos.sum(dim=1)
+    ratio = torch.where(pos, rank_pos / torch.where(pos, rank_all, 1), 0).sum(dim=1)
+    loss = torch.where(n_pos > 0, 1 - ratio / n_pos.clamp(min=1), 0)
+    return reduce_rows(loss, n_pos > 0, reduction)
+
+
+def listnet_loss(scores, relevance, temperature=1.0, valid=None, reduction="mean"):
+    """ListNet: cross-entropy between the top-one distributions softmax(R) and softmax(S / T) over
+    the valid candidates; O(Q*N), plain tensor code."""
+    check.scores(scores)
+    check.relevance(relevance, scores)
+    check.positive(temperature, "temperature")
+    check.valid(valid, scores)
+    check.choice(reduction, "reduction", REDUCTIONS)
+    logits = scores / temperature
+    target = relevance.to(scores.dtype)
+    if valid is not None:
+        logits = logits.masked_fill(~valid, -torch.inf)
+        target = target.masked_fill(~valid, -torch.inf)
+    log_p = torch.log_softmax(logits, dim=1)
+    loss = -torch.where(torch.isinf(log_p), 0, torch.softmax(target, dim=1) * log_p).sum(dim=1)
+    return reduce_rows(loss, None, reduction)

@@ -1,0 +1,301 @@
+import math
+
+import pytest
+import torch
+
+import itr_kernels as ik
+from itr_kernels import reference as ref
+
+from helpers import ALL_DTYPES, assert_close_to_truth, cosine_scores, inputs
+
+
+def _run(fn, scores, *args, **kw):
+    s = scores.detach().clone().requires_grad_()
+    out = fn(s, *args, **kw)
+    if not out.requires_grad:  # a constant loss (no pair at all), e.g. SW-HS on a row shorter than a window
+        return out.detach(), torch.zeros_like(scores)
+    out.sum().backward()
+    return out.detach(), s.grad
+
+
+def _check_parity(fn_fused, fn_ref, scores, args, kw, dtype, loss_atol=1e-6):
+    truth, truth_grad = _run(fn_ref, scores.double(), *[a.double() if torch.is_tensor(a) and a.is_floating_point()
+                                                        else a for a in args], **kw)
+    out, grad = _run(fn_fused, scores, *args, **kw)
+    assert out.dtype == dtype and grad.dtype == dtype
+    same_out = same_grad = None
+    if dtype in (torch.float16, torch.bfloat16):
+        same_out, same_grad = _run(fn_ref, scores, *args, **kw)
+    assert_close_to_truth(out, truth, same_out, dtype, atol=1e-14 if dtype == torch.float64 else loss_atol)
+    assert_close_to_truth(grad, truth_grad, same_grad, dtype, rtol32=1e-4)
+
+
+# ---- Triplet-SN ----
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("temperature", [0.01, 0.1])
+@pytest.mark.parametrize("rho", [None, 0.6])
+@pytest.mark.parametrize("b", [1, 2, 3, 17, 128, 257])
+def test_triplet_sn_matches_reference(b, rho, temperature, dtype, device, gen):
+    scores, relevance, _ = inputs(b, b, gen)
+    scores, relevance = scores.to(device, dtype), relevance.to(device, dtype)
+    kw = dict(temperature=temperature, reduction="none")
+    if rho is None:
+        _check_parity(ik.triplet_sn_loss, ref.triplet_sn_loss, scores, (), kw, dtype)
+    else:
+        _check_parity(ik.triplet_sn_loss, ref.triplet_sn_loss, scores, (relevance,), dict(kw, rho=rho), dtype)
+
+
+def test_triplet_sn_tends_to_vse_hinge(device, gen):
+    """As T -> 0, Triplet-SN is the VSE++ max-violation hinge (SPEC)."""
+    scores = cosine_scores(40, 40, gen).to(device)
+    for t in (1e-3, 1e-5):
+        sn = ik.triplet_sn_loss(scores, temperature=t, reduction="none")
+        vse = ik.triplet_loss(scores, reduction="none")
+        assert (sn - vse).abs().max() <= t * math.log(40) + 1e-12
+
+
+def test_triplet_sn_deterministic(device, gen):
+    scores, relevance, _ = inputs(300, 300, gen)
+    scores, relevance = scores.float().to(device), relevance.float().to(device)
+    runs = [_run(ik.triplet_sn_loss, scores, relevance, rho=0.7) for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+# ---- Kendall, full ----
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("phi", ["hinge", "logistic", "tanh"])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("q,n", [(1, 1), (2, 2), (3, 3), (17, 17), (64, 128), (5, 257)])
+def test_kendall_full_matches_reference(q, n, masked, phi, dtype, device, gen):
+    scores, relevance, valid = inputs(q, n, gen, masked)
+    scores, relevance = scores.to(device, dtype), relevance.to(device, dtype)
+    valid = None if valid is None else valid.to(device)
+    kw = dict(phi=phi, margin=0.05, temperature=0.1, valid=valid, reduction="none")
+    _check_parity(ik.kendall_loss, ref.kendall_loss, scores, (relevance,), kw, dtype, loss_atol=1e-5)
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.3, 0.9])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_kendall_full_gap_and_reduction(gap, reduction, device, gen):
+    scores, relevance, _ = inputs(6, 30, gen)
+    scores, relevance = scores.to(device), relevance.to(device)
+    kw = dict(gap=gap, reduction=reduction)
+    out, grad = _run(ik.kendall_loss, scores, relevance, **kw)
+    truth, truth_grad = _run(ref.kendall_loss, scores, relevance, **kw)
+    torch.testing.assert_close(out, truth)
+    torch.testing.assert_close(grad, truth_grad)
+
+
+def test_kendall_rows_without_pairs(device, gen):
+    scores, relevance, _ = inputs(4, 10, gen)
+    scores, relevance = scores.to(device), relevance.to(device)
+    relevance[1] = 0.5  # no gap inside row 1
+    s = scores.clone().requires_grad_()
+    per_row = ik.kendall_loss(s, relevance, reduction="none")
+    mean = ik.kendall_loss(s, relevance)
+    mean.backward()
+    assert per_row[1] == 0 and torch.all(s.grad[1] == 0) and torch.isfinite(mean)
+    flat = torch.full_like(relevance, 0.5)
+    assert ik.kendall_loss(scores, flat).item() == 0 and ik.kendall_loss(scores, flat, sampling="swhs").item() == 0
+
+
+def test_kendall_full_deterministic(device, gen):
+    scores, relevance, _ = inputs(64, 200, gen)
+    scores, relevance = scores.float().to(device), relevance.float().to(device)
+    runs = [_run(ik.kendall_loss, scores, relevance, phi="logistic") for _ in range(2)]
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+# ---- Kendall, SW-HS ----
+
+def brute_force_swhs(scores, relevance, valid, window, stride, gap):
+    """SPEC section 5 as loops: per row, the (upper, lower, keep) of every window step."""
+    rows = []
+    for q in range(scores.shape[0]):
+        s, r = scores[q].tolist(), relevance[q].tolist()
+        cols = [j for j in range(len(s)) if valid is None or valid[q, j]]
+        cols.sort(key=lambda j: (-r[j], j))
+        n, steps, t = len(cols), [], 0
+        while t * stride + window < n:
+            upper = cols[t * stride: t * stride + window]
+            lower = cols[t * stride + window: t * stride + 2 * window]
+            a = min(upper, key=lambda j: (s[j], j))
+            b = min(lower, key=lambda j: (-s[j], j))
+            steps.append((a, b, min(r[j] for j in upper) - max(r[j] for j in lower) > gap))
+            t += 1
+        rows.append(steps)
+    return rows
+
+
+@pytest.mark.parametrize("window,stride", [(1, 1), (2, 1), (3, 3), (8, 8), (8, 3), (5, 7)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_swhs_selection_matches_brute_force(window, stride, masked, device, gen):
+    q, n = 7, 41
+    # Coarse values make ties in both relevance and scores.
+    scores = (torch.randint(0, 6, (q, n), generator=gen) / 5).double().to(device)
+    relevance = (torch.randint(0, 5, (q, n), generator=gen) / 4).double().to(device)
+    valid = (torch.rand(q, n, generator=gen) > 0.25).to(device) if masked else None
+    upper, lower, keep = torch.ops.itr_kernels.kendall_swhs(scores, relevance, valid, window, stride, 0.1)
+    expected = brute_force_swhs(scores.cpu(), relevance.cpu(), None if valid is None else valid.cpu(), window,
+                                stride, 0.1)
+    for row in range(q):
+        steps = expected[row]
+        got = list(zip(upper[row].tolist(), lower[row].tolist(), keep[row].tolist()))
+        assert got[:len(steps)] == steps
+        assert not any(k for _, _, k in got[len(steps):])  # steps past a short row are dropped
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("phi", ["hinge", "logistic", "tanh"])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("q,n", [(1, 1), (3, 9), (17, 17), (64, 128), (5, 257)])
+def test_swhs_matches_reference(q, n, masked, phi, dtype, device, gen):
+    scores, relevance, valid = inputs(q, n, gen, masked)
+    scores, relevance = scores.to(device, dtype), relevance.to(device, dtype)
+    valid = None if valid is None else valid.to(device)
+    kw = dict(phi=phi, margin=0.1, temperature=0.1, sampling="swhs", window=4, valid=valid, reduction="none")
+    _check_parity(ik.kendall_loss, ref.kendall_loss, scores, (relevance,), kw, dtype, loss_atol=1e-5)
+
+
+def test_swhs_gradient_is_sparse(device, gen):
+    scores, relevance, _ = inputs(3, 64, gen)
+    scores, relevance = scores.to(device), relevance.to(device)
+    s = scores.clone().requires_grad_()
+    ik.kendall_loss(s, relevance, sampling="swhs", window=8, margin=10.0).backward()  # every hinge active
+    upper, lower, keep = torch.ops.itr_kernels.kendall_swhs(scores, relevance, None, 8, 8, 0.0)
+    touched = torch.zeros_like(scores, dtype=torch.bool)
+    touched.scatter_(1, torch.where(keep, upper, 0), keep, reduce="add")
+    touched.scatter_(1, torch.where(keep, lower, 0), keep, reduce="add")
+    assert torch.all(s.grad[~touched] == 0) and torch.all(s.grad[touched] != 0)
+
+
+# ---- gradcheck, opcheck, compile ----
+
+def test_gradcheck(device, gen):
+    scores, relevance, valid = inputs(5, 5, gen, masked=True, spread=0.3)
+    scores, relevance, valid = scores.to(device).requires_grad_(), relevance.to(device), valid.to(device)
+    for fn in (lambda s: ik.triplet_sn_loss(s, relevance, temperature=0.05, rho=0.8),
+               lambda s: ik.kendall_loss(s, relevance, phi="logistic", temperature=0.1, valid=valid),
+               lambda s: ik.kendall_loss(s, relevance, phi="tanh", temperature=0.2, gap=0.1, reduction="sum"),
+               lambda s: ik.kendall_loss(s, relevance, phi="logistic", sampling="swhs", window=2),
+               lambda s: ik.smooth_ap_loss(s, relevance > 0.5, tau=0.1),
+               lambda s: ik.listnet_loss(s, relevance, valid=valid)):
+        assert torch.autograd.gradcheck(fn, (scores,))
+
+
+def test_opcheck(device, gen):
+    scores, relevance, valid = inputs(6, 6, gen, masked=True)
+    scores, relevance, valid = scores.to(device), relevance.to(device), valid.to(device)
+    req = scores.clone().requires_grad_()
+    ops = torch.ops.itr_kernels
+    lse = ops.triplet_sn(scores, relevance, 0.2, 0.05, 0.9)[1]
+    for op, args in [
+        (ops.triplet_sn.default, (req, None, 0.2, 0.05, 1.0)),
+        (ops.triplet_sn.default, (req, relevance, 0.2, 0.05, 0.7)),
+        (ops.triplet_sn_backward.default, (torch.randn(2, 6, dtype=scores.dtype, device=device), scores, relevance,
+                                           lse, 0.2, 0.05, 0.9)),
+        (ops.kendall_full.default, (req, relevance, valid, 0.1, 0, 0.1, 0.1, True)),
+        (ops.kendall_full.default, (scores.float(), relevance.float(), None, 0.1, 1, 0.0, 0.1, False)),
+        (ops.kendall_swhs.default, (scores, relevance, valid, 2, 1, 0.0)),
+    ]:
+        torch.library.opcheck(op, args)
+
+
+def test_compile_bcls(device, gen):
+    b = 24
+    scores = cosine_scores(b, b, gen).to(device, torch.float32)
+    rel = torch.rand(b, b, generator=gen).to(device)
+    loss_fn = ik.BCLSLoss(window=4)
+    full = ik.KendallRankLoss(phi="logistic")
+    compiled = torch.compile(lambda s, r: loss_fn(s, r) + full(s, r), fullgraph=True)
+    outs = []
+    for fn in (lambda s, r: loss_fn(s, r) + full(s, r), compiled):
+        s = scores.clone().requires_grad_()
+        loss = fn(s, rel)
+        loss.backward()
+        outs.append((loss.detach(), s.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+
+
+# ---- modules and section-6 losses ----
+
+def test_bcls_module_matches_reference(device, gen):
+    scores, r_i2t, _ = inputs(20, 20, gen)
+    scores, r_i2t = scores.to(device), r_i2t.to(device)
+    r_t2i = torch.rand(20, 20, generator=gen, dtype=torch.float64).to(device)
+    kw = dict(mu=0.7, rho=0.9, window=3, phi="logistic")
+    out, grad = _run(ik.BCLSLoss(**kw), scores, r_i2t, r_t2i)
+    truth, truth_grad = _run(ref.BCLSLoss(**kw), scores, r_i2t, r_t2i)
+    torch.testing.assert_close(out, truth)
+    torch.testing.assert_close(grad, truth_grad)
+    expected = (ik.triplet_sn_loss(scores, r_i2t, rho=0.9) + 0.7 * (
+        ik.kendall_loss(scores, r_i2t, phi="logistic", sampling="swhs", window=3)
+        + ik.kendall_loss(scores.T, r_t2i, phi="logistic", sampling="swhs", window=3)) / 2)
+    torch.testing.assert_close(out, expected)
+
+
+def test_ranknet_by_hand(device):
+    scores = torch.tensor([[0.2, 0.5, -0.1]], dtype=torch.float64, device=device)
+    rel = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64, device=device)
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    # pairs (j more relevant than k): (0,1), (0,2), (1,2); x = s_k - s_j
+    expected = (sp(0.5 - 0.2) + sp(-0.1 - 0.2) + sp(-0.1 - 0.5)) / 3
+    assert ik.ranknet_loss(scores, rel).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_smooth_ap_by_hand(device):
+    tau = 0.1
+    scores = torch.tensor([[0.9, 0.3, 0.5]], dtype=torch.float64, device=device)
+    pos = torch.tensor([[True, True, False]], device=device)
+    sig = lambda x: 1 / (1 + math.exp(-x / tau))  # noqa: E731
+    r0 = 1 + sig(0.3 - 0.9) + sig(0.5 - 0.9)
+    r1 = 1 + sig(0.9 - 0.3) + sig(0.5 - 0.3)
+    rp0, rp1 = 1 + sig(0.3 - 0.9), 1 + sig(0.9 - 0.3)
+    expected = 1 - (rp0 / r0 + rp1 / r1) / 2
+    assert ik.smooth_ap_loss(scores, pos, tau).item() == pytest.approx(expected, rel=1e-12)
+    torch.testing.assert_close(ik.smooth_ap_loss(scores, pos, tau), ref.smooth_ap_loss(scores, pos, tau))
+
+
+def test_listnet_by_hand(device):
+    scores = torch.tensor([[1.0, 0.0]], dtype=torch.float64, device=device)
+    rel = torch.tensor([[1.0, 0.0]], dtype=torch.float64, device=device)
+    p = [math.e / (math.e + 1), 1 / (math.e + 1)]
+    expected = -(p[0] * math.log(p[0]) + p[1] * math.log(p[1]))
+    assert ik.listnet_loss(scores, rel).item() == pytest.approx(expected, rel=1e-12)
+
+
+# ---- bad input ----
+
+S, R = torch.rand(4, 4), torch.rand(4, 4)
+
+
+@pytest.mark.parametrize("impl", [ik, ref], ids=["fused", "reference"])
+@pytest.mark.parametrize("call,exc,msg", [
+    (lambda F: F.kendall_loss(S, R, window=0, sampling="swhs"), ValueError, "window must be an integer >= 1"),
+    (lambda F: F.kendall_loss(S, R, stride=0, sampling="swhs"), ValueError, "stride must be an integer >= 1"),
+    (lambda F: F.kendall_loss(S, R, gap=-0.1), ValueError, "gap must be >= 0"),
+    (lambda F: F.kendall_loss(S, R, temperature=0), ValueError, "temperature must be a finite number > 0"),
+    (lambda F: F.kendall_loss(S, R, phi="square"), ValueError, "phi must be one of"),
+    (lambda F: F.kendall_loss(S, R, sampling="random"), ValueError, "sampling must be one of"),
+    (lambda F: F.kendall_loss(S, torch.rand(4, 5)), ValueError, "relevance must have the shape"),
+    (lambda F: F.triplet_sn_loss(torch.rand(4, 5)), ValueError, "square"),
+    (lambda F: F.triplet_sn_loss(S, temperature=-1.0), ValueError, "temperature must be"),
+    (lambda F: F.triplet_sn_loss(S, torch.rand(3, 3)), ValueError, "relevance must have the shape"),
+    (lambda F: F.smooth_ap_loss(S, R), TypeError, "positives must be a bool tensor"),
+    (lambda F: F.listnet_loss(S, R, temperature=0.0), ValueError, "temperature must be"),
+])
+def test_bad_input(impl, call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call(impl)
+
+
+def test_module_bad_input():
+    with pytest.raises(ValueError, match="window"):
+        ik.KendallRankLoss(window=0)
+    with pytest.raises(ValueError, match="phi"):
+        ik.BCLSLoss(phi="x")
+    with pytest.raises(ValueError, match="square"):
+        ik.BCLSLoss()(torch.rand(3, 4), torch.rand(3, 4))
