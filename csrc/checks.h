@@ -33,4 +33,75 @@ inline void check_tau(double tau) {
   TORCH_CHECK_VALUE(std::isfinite(tau) && tau > 0, "tau must be a finite number > 0, got ", tau);
 }
 
+inline void check_temperature(double temperature) {
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "temperature must be a finite number > 0, got ",
+                    temperature);
+}
+
+inline void check_relevance(const at::Tensor& relevance, const at::Tensor& scores) {
+  check_like_scores(relevance, scores, "relevance");
+  TORCH_CHECK_TYPE(at::isFloatingType(relevance.scalar_type()), "relevance must be a floating tensor, got ",
+                   relevance.scalar_type());
+}
+
+// ---- the arguments of each op, for its CPU kernel and its CUDA binding alike ----
+
+inline void check_smooth_rank_args(const at::Tensor& scores, const c10::optional<at::Tensor>& valid, double tau) {
+  check_scores(scores);
+  check_valid(valid, scores);
+  check_tau(tau);
+}
+
+inline void check_smooth_ndcg_args(const at::Tensor& scores, const at::Tensor& relevance,
+                                   const c10::optional<at::Tensor>& valid, double tau) {
+  check_smooth_rank_args(scores, valid, tau);
+  check_relevance(relevance, scores);
+}
+
+inline void check_triplet_sn_args(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance,
+                                  double temperature) {
+  check_scores(scores);
+  TORCH_CHECK_VALUE(scores.size(0) == scores.size(1), "scores must be a square in-batch matrix, got ",
+                    scores.sizes());
+  if (relevance.has_value()) check_relevance(*relevance, scores);
+  check_temperature(temperature);
+}
+
+inline void check_triplet_sn_backward_args(const at::Tensor& grad, const at::Tensor& scores,
+                                           const c10::optional<at::Tensor>& relevance, const at::Tensor& lse,
+                                           double temperature) {
+  check_triplet_sn_args(scores, relevance, temperature);
+  const int64_t b = scores.size(0);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({2, b}), "grad must have shape (2, ", b, "), got ", grad.sizes());
+  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({2, b}), "lse must have shape (2, ", b, "), got ", lse.sizes());
+}
+
+inline void check_kendall_args(const at::Tensor& scores, const at::Tensor& relevance,
+                               const c10::optional<at::Tensor>& valid, double gap) {
+  check_scores(scores);
+  check_relevance(relevance, scores);
+  check_valid(valid, scores);
+  TORCH_CHECK_VALUE(std::isfinite(gap) && gap >= 0, "gap must be a finite number >= 0, got ", gap);
+}
+
+inline void check_kendall_full_args(const at::Tensor& scores, const at::Tensor& relevance,
+                                    const c10::optional<at::Tensor>& valid, double gap, int64_t phi,
+                                    double temperature) {
+  check_kendall_args(scores, relevance, valid, gap);
+  TORCH_CHECK_VALUE(phi >= 0 && phi <= 2, "phi must be 0 (hinge), 1 (logistic) or 2 (tanh), got ", phi);
+  check_temperature(temperature);
+}
+
+inline void check_swhs_args(const at::Tensor& scores, const at::Tensor& relevance,
+                            const c10::optional<at::Tensor>& valid, int64_t window, int64_t stride, double gap) {
+  check_kendall_args(scores, relevance, valid, gap);
+  TORCH_CHECK_VALUE(window >= 1, "window must be >= 1, got ", window);
+  TORCH_CHECK_VALUE(stride >= 1, "stride must be >= 1, got ", stride);
+}
+
+// SW-HS window steps on n candidates: while the lower window is non-empty.
+inline int64_t swhs_steps(int64_t n, int64_t window, int64_t stride) {
+  return n > window ? (n - window + stride - 1) / stride : 0;
+}
+
 }  // namespace itr

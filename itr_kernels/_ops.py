@@ -68,22 +68,27 @@ def _smooth_rank_backward(ctx, grad):
 torch.library.register_autograd("itr_kernels::smooth_rank", _smooth_rank_backward, setup_context=_smooth_rank_setup)
 
 
-def _smooth_ndcg_setup(ctx, inputs, output):
-    _, idcg, row_grad = output
-    ctx.mark_non_differentiable(idcg, row_grad)
-    ctx.save_for_backward(row_grad)
+def register_row_grad_autograd(name, public):
+    """Autograd of an op whose forward returns (per-row values, per-row auxiliary, row_grad) with
+    row_grad = d value[q] / d scores[q, :] computed in the same pass: backward only scales rows."""
+
+    def setup(ctx, inputs, output):
+        _, aux, row_grad = output
+        ctx.mark_non_differentiable(aux, row_grad)
+        ctx.save_for_backward(row_grad)
+        ctx.n_inputs = len(inputs)
+
+    def backward(ctx, grad_values, grad_aux, grad_row_grad):
+        (row_grad,) = ctx.saved_tensors
+        if row_grad.dim() != 2:
+            raise RuntimeError(f"itr_kernels::{name} was called with compute_grad=False; call it with "
+                               f"compute_grad=True to differentiate it ({public} does this)")
+        return (row_grad * grad_values.unsqueeze(-1).to(row_grad.dtype),) + (None,) * (ctx.n_inputs - 1)
+
+    torch.library.register_autograd(f"itr_kernels::{name}", backward, setup_context=setup)
 
 
-def _smooth_ndcg_backward(ctx, grad_loss, grad_idcg, grad_row_grad):
-    # The forward already computed d loss[q] / d scores[q, :]; backward only scales the rows.
-    (row_grad,) = ctx.saved_tensors
-    if row_grad.dim() != 2:
-        raise RuntimeError("itr_kernels::smooth_ndcg was called with compute_grad=False; call it with "
-                           "compute_grad=True to differentiate it (itr_kernels.smooth_ndcg_loss does this)")
-    return row_grad * grad_loss.unsqueeze(-1).to(row_grad.dtype), None, None, None, None, None, None
-
-
-torch.library.register_autograd("itr_kernels::smooth_ndcg", _smooth_ndcg_backward, setup_context=_smooth_ndcg_setup)
+register_row_grad_autograd("smooth_ndcg", "itr_kernels.smooth_ndcg_loss")
 
 
 # ---- BCLS ops (SPEC section 5) ----
@@ -124,21 +129,7 @@ def _kendall_full_fake(scores, relevance, valid, gap, phi, margin, temperature, 
     return scores.new_empty((q,)), scores.new_empty((q,), dtype=torch.int64), grad
 
 
-def _kendall_full_setup(ctx, inputs, output):
-    _, counts, row_grad = output
-    ctx.mark_non_differentiable(counts, row_grad)
-    ctx.save_for_backward(row_grad)
-
-
-def _kendall_full_backward(ctx, grad_sums, grad_counts, grad_row_grad):
-    (row_grad,) = ctx.saved_tensors
-    if row_grad.dim() != 2:
-        raise RuntimeError("itr_kernels::kendall_full was called with compute_grad=False; call it with "
-                           "compute_grad=True to differentiate it (itr_kernels.kendall_loss does this)")
-    return row_grad * grad_sums.unsqueeze(-1).to(row_grad.dtype), None, None, None, None, None, None, None
-
-
-torch.library.register_autograd("itr_kernels::kendall_full", _kendall_full_backward, setup_context=_kendall_full_setup)
+register_row_grad_autograd("kendall_full", "itr_kernels.kendall_loss")
 
 
 def swhs_steps(n, window, stride):

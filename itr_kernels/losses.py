@@ -20,13 +20,31 @@ def reduce_rows(per_row, counted, reduction):
     return per_row.sum() / counted.sum().clamp(min=1)
 
 
+def _smooth_rank_args(scores, tau, valid):
+    check.scores(scores)
+    check.positive(tau, "tau")
+    check.valid(valid, scores)
+
+
+def _smooth_ndcg_args(scores, relevance, tau, k, gain, valid, reduction):
+    _smooth_rank_args(scores, tau, valid)
+    check.relevance(relevance, scores)
+    check.top_k(k)
+    check.choice(gain, "gain", GAINS)
+    check.choice(reduction, "reduction", REDUCTIONS)
+
+
+def _triplet_args(scores, margin, reduction):
+    check.square(scores)
+    check.finite(margin, "margin")
+    check.choice(reduction, "reduction", REDUCTIONS)
+
+
 def smooth_rank(scores, tau=0.01, valid=None):
     """Smooth (sigmoid-relaxed) rank of every candidate in its row:
     ``1 + sum_{k != j, valid} sigmoid((S[q,k] - S[q,j]) / tau)``; 0 at masked entries.
     O(Q*N) memory; differentiable."""
-    check.scores(scores)
-    check.positive(tau, "tau")
-    check.valid(valid, scores)
+    _smooth_rank_args(scores, tau, valid)
     return ops.smooth_rank(scores, valid, float(tau))
 
 
@@ -37,13 +55,7 @@ def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None
     k: only the k most relevant candidates carry gain (IDCG@k); valid: optional bool mask of real
     candidates; reduction: "mean" over rows with IDCG > 0, "sum", or "none" (per row).
     """
-    check.scores(scores)
-    check.relevance(relevance, scores)
-    check.positive(tau, "tau")
-    check.top_k(k)
-    check.choice(gain, "gain", GAINS)
-    check.valid(valid, scores)
-    check.choice(reduction, "reduction", REDUCTIONS)
+    _smooth_ndcg_args(scores, relevance, tau, k, gain, valid, reduction)
     compute_grad = torch.is_grad_enabled() and scores.requires_grad
     loss, idcg, _ = ops.smooth_ndcg(scores, relevance, valid, float(tau), k or 0, gain == "linear", compute_grad)
     return reduce_rows(loss, idcg > 0, reduction)
@@ -57,9 +69,7 @@ def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean"):
     a (2, B) tensor [image-to-text, text-to-image]; "mean" averages both directions (the seed's
     code); "sum" adds every row of both (the VSE++ paper's code).
     """
-    check.square(scores)
-    check.finite(margin, "margin")
-    check.choice(reduction, "reduction", REDUCTIONS)
+    _triplet_args(scores, margin, reduction)
     positives = scores.diagonal()
     off_diagonal = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
     # One hinge matrix per direction: row i against its positive S[i, i], column j against S[j, j].

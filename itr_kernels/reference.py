@@ -10,7 +10,7 @@ from . import bcls, modules
 from ._ops import swhs_steps
 from .bcls import listnet_loss  # noqa: F401  (already plain tensor code: O(Q*N), nothing to fuse)
 from .bcls import phi_value
-from .losses import GAINS, REDUCTIONS, reduce_rows
+from .losses import _smooth_ndcg_args, _smooth_rank_args, _triplet_args, reduce_rows
 
 
 def _valid_or_all(valid, scores):
@@ -18,9 +18,7 @@ def _valid_or_all(valid, scores):
 
 
 def smooth_rank(scores, tau=0.01, valid=None):
-    check.scores(scores)
-    check.positive(tau, "tau")
-    check.valid(valid, scores)
+    _smooth_rank_args(scores, tau, valid)
     valid = _valid_or_all(valid, scores)
     s = torch.where(valid, scores, 0)  # masked scores (even NaN) must not reach the gradient
     diff = (s.unsqueeze(1) - s.unsqueeze(2)) / tau  # [q, j, k] = (S[q,k] - S[q,j]) / tau
@@ -31,13 +29,7 @@ def smooth_rank(scores, tau=0.01, valid=None):
 
 
 def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None, reduction="mean"):
-    check.scores(scores)
-    check.relevance(relevance, scores)
-    check.positive(tau, "tau")
-    check.top_k(k)
-    check.choice(gain, "gain", GAINS)
-    check.valid(valid, scores)
-    check.choice(reduction, "reduction", REDUCTIONS)
+    _smooth_ndcg_args(scores, relevance, tau, k, gain, valid, reduction)
     valid = _valid_or_all(valid, scores)
     rel = relevance.to(scores.dtype)
     gains = rel if gain == "linear" else torch.exp2(rel) - 1
@@ -62,9 +54,7 @@ def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None
 
 
 def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean"):
-    check.square(scores)
-    check.finite(margin, "margin")
-    check.choice(reduction, "reduction", REDUCTIONS)
+    _triplet_args(scores, margin, reduction)
     negatives = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
     per_direction = []
     for m in (scores, scores.T):  # image-to-text rows, then text-to-image rows

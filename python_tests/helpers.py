@@ -23,6 +23,17 @@ def inputs(q, n, gen, masked=False, spread=1.0):
     return scores, relevance, valid
 
 
+def run(fn, scores, *args, upstream=None, **kw):
+    """fn(scores, *args, **kw) and the gradient of its sum (or of <out, upstream>) w.r.t. scores;
+    a zero gradient where the output is constant (no pair at all, say)."""
+    s = scores.detach().clone().requires_grad_()
+    out = fn(s, *args, **kw)
+    if not out.requires_grad:
+        return out.detach(), torch.zeros_like(scores)
+    out.backward(torch.ones_like(out) if upstream is None else upstream.to(out.dtype))
+    return out.detach(), s.grad
+
+
 def assert_close_to_truth(fused, truth, same_precision_ref, dtype, rtol32=1e-5, atol=1e-10):
     """Errors are norms over the whole output. float64 / float32: relative bound, plus `atol` (per
     element, scaled by sqrt(numel)) for outputs that are ~0: the gradient of a row whose pairs all

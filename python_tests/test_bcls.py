@@ -6,26 +6,17 @@ import torch
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import ALL_DTYPES, assert_close_to_truth, cosine_scores, inputs
-
-
-def _run(fn, scores, *args, **kw):
-    s = scores.detach().clone().requires_grad_()
-    out = fn(s, *args, **kw)
-    if not out.requires_grad:  # a constant loss (no pair at all), e.g. SW-HS on a row shorter than a window
-        return out.detach(), torch.zeros_like(scores)
-    out.sum().backward()
-    return out.detach(), s.grad
+from helpers import ALL_DTYPES, assert_close_to_truth, cosine_scores, inputs, run
 
 
 def _check_parity(fn_fused, fn_ref, scores, args, kw, dtype, loss_atol=1e-6):
-    truth, truth_grad = _run(fn_ref, scores.double(), *[a.double() if torch.is_tensor(a) and a.is_floating_point()
+    truth, truth_grad = run(fn_ref, scores.double(), *[a.double() if torch.is_tensor(a) and a.is_floating_point()
                                                         else a for a in args], **kw)
-    out, grad = _run(fn_fused, scores, *args, **kw)
+    out, grad = run(fn_fused, scores, *args, **kw)
     assert out.dtype == dtype and grad.dtype == dtype
     same_out = same_grad = None
     if dtype in (torch.float16, torch.bfloat16):
-        same_out, same_grad = _run(fn_ref, scores, *args, **kw)
+        same_out, same_grad = run(fn_ref, scores, *args, **kw)
     assert_close_to_truth(out, truth, same_out, dtype, atol=1e-14 if dtype == torch.float64 else loss_atol)
     assert_close_to_truth(grad, truth_grad, same_grad, dtype, rtol32=1e-4)
 
@@ -58,7 +49,7 @@ def test_triplet_sn_tends_to_vse_hinge(device, gen):
 def test_triplet_sn_deterministic(device, gen):
     scores, relevance, _ = inputs(300, 300, gen)
     scores, relevance = scores.float().to(device), relevance.float().to(device)
-    runs = [_run(ik.triplet_sn_loss, scores, relevance, rho=0.7) for _ in range(2)]
+    runs = [run(ik.triplet_sn_loss, scores, relevance, rho=0.7) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
@@ -82,8 +73,8 @@ def test_kendall_full_gap_and_reduction(gap, reduction, device, gen):
     scores, relevance, _ = inputs(6, 30, gen)
     scores, relevance = scores.to(device), relevance.to(device)
     kw = dict(gap=gap, reduction=reduction)
-    out, grad = _run(ik.kendall_loss, scores, relevance, **kw)
-    truth, truth_grad = _run(ref.kendall_loss, scores, relevance, **kw)
+    out, grad = run(ik.kendall_loss, scores, relevance, **kw)
+    truth, truth_grad = run(ref.kendall_loss, scores, relevance, **kw)
     torch.testing.assert_close(out, truth)
     torch.testing.assert_close(grad, truth_grad)
 
@@ -104,7 +95,7 @@ def test_kendall_rows_without_pairs(device, gen):
 def test_kendall_full_deterministic(device, gen):
     scores, relevance, _ = inputs(64, 200, gen)
     scores, relevance = scores.float().to(device), relevance.float().to(device)
-    runs = [_run(ik.kendall_loss, scores, relevance, phi="logistic") for _ in range(2)]
+    runs = [run(ik.kendall_loss, scores, relevance, phi="logistic") for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
@@ -227,8 +218,8 @@ def test_bcls_module_matches_reference(device, gen):
     scores, r_i2t = scores.to(device), r_i2t.to(device)
     r_t2i = torch.rand(20, 20, generator=gen, dtype=torch.float64).to(device)
     kw = dict(mu=0.7, rho=0.9, window=3, phi="logistic")
-    out, grad = _run(ik.BCLSLoss(**kw), scores, r_i2t, r_t2i)
-    truth, truth_grad = _run(ref.BCLSLoss(**kw), scores, r_i2t, r_t2i)
+    out, grad = run(ik.BCLSLoss(**kw), scores, r_i2t, r_t2i)
+    truth, truth_grad = run(ref.BCLSLoss(**kw), scores, r_i2t, r_t2i)
     torch.testing.assert_close(out, truth)
     torch.testing.assert_close(grad, truth_grad)
     expected = (ik.triplet_sn_loss(scores, r_i2t, rho=0.9) + 0.7 * (

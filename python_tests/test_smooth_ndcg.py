@@ -6,16 +6,9 @@ import torch
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import ALL_DTYPES, assert_close_to_truth, inputs
+from helpers import ALL_DTYPES, assert_close_to_truth, inputs, run
 
 SIZES = [(1, 1), (2, 2), (3, 3), (17, 17), (128, 128), (257, 257), (4, 1000)]
-
-
-def _run(fn, scores, relevance, **kw):
-    s = scores.detach().clone().requires_grad_()
-    loss = fn(s, relevance, **kw)
-    loss.sum().backward()
-    return loss.detach(), s.grad
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -28,12 +21,12 @@ def test_matches_reference(q, n, masked, tau, dtype, device, gen):
     valid = None if valid is None else valid.to(device)
     scores, rel = scores64.to(dtype), relevance.to(dtype)
     kw = dict(tau=tau, valid=valid, reduction="none")
-    truth, truth_grad = _run(ref.smooth_ndcg_loss, scores.double(), rel.double(), **kw)
-    loss, grad = _run(ik.smooth_ndcg_loss, scores, rel, **kw)
+    truth, truth_grad = run(ref.smooth_ndcg_loss, scores.double(), rel.double(), **kw)
+    loss, grad = run(ik.smooth_ndcg_loss, scores, rel, **kw)
     assert loss.dtype == dtype and grad.dtype == dtype and loss.shape == (q,)
     same_loss = same_grad = None
     if dtype in (torch.float16, torch.bfloat16):
-        same_loss, same_grad = _run(ref.smooth_ndcg_loss, scores, rel, **kw)
+        same_loss, same_grad = run(ref.smooth_ndcg_loss, scores, rel, **kw)
     # A loss is 1 - DCG/IDCG: it is resolved to about the ulp of 1 (2e-16 in float64, 6e-8 in float32).
     assert_close_to_truth(loss, truth, same_loss, dtype, atol=1e-14 if dtype == torch.float64 else 1e-6)
     assert_close_to_truth(grad, truth_grad, same_grad, dtype, rtol32=1e-4)
@@ -49,8 +42,8 @@ def test_options_match_reference(k, gain, reduction, masked, device, gen):
     scores, relevance = scores.to(device), relevance.to(device)
     valid = None if valid is None else valid.to(device)
     kw = dict(tau=0.02, k=k, gain=gain, valid=valid, reduction=reduction)
-    loss, grad = _run(ik.smooth_ndcg_loss, scores, relevance, **kw)
-    truth, truth_grad = _run(ref.smooth_ndcg_loss, scores, relevance, **kw)
+    loss, grad = run(ik.smooth_ndcg_loss, scores, relevance, **kw)
+    truth, truth_grad = run(ref.smooth_ndcg_loss, scores, relevance, **kw)
     torch.testing.assert_close(loss, truth, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grad, truth_grad, rtol=1e-8, atol=1e-10)
 

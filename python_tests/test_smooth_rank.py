@@ -4,16 +4,9 @@ import torch
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import ALL_DTYPES, assert_close_to_truth, inputs
+from helpers import ALL_DTYPES, assert_close_to_truth, inputs, run
 
 SIZES = [(1, 1), (2, 2), (3, 3), (17, 17), (128, 128), (257, 257), (4, 1000)]
-
-
-def _run(fn, scores, tau, valid, upstream):
-    s = scores.detach().clone().requires_grad_()
-    out = fn(s, tau, valid)
-    out.backward(upstream.to(out.dtype))
-    return out.detach(), s.grad
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -27,12 +20,12 @@ def test_matches_reference(q, n, masked, tau, dtype, device, gen):
     valid = None if valid is None else valid.to(device)
     scores = scores64.to(dtype)
     # Truth: the float64 reference on the same (rounded) inputs.
-    truth, truth_grad = _run(ref.smooth_rank, scores.double(), tau, valid, upstream)
-    out, grad = _run(ik.smooth_rank, scores, tau, valid, upstream)
+    truth, truth_grad = run(ref.smooth_rank, scores.double(), tau, valid, upstream=upstream)
+    out, grad = run(ik.smooth_rank, scores, tau, valid, upstream=upstream)
     assert out.dtype == dtype and grad.dtype == dtype and out.shape == (q, n)
     same_out = same_grad = None
     if dtype in (torch.float16, torch.bfloat16):
-        same_out, same_grad = _run(ref.smooth_rank, scores, tau, valid, upstream)
+        same_out, same_grad = run(ref.smooth_rank, scores, tau, valid, upstream=upstream)
     assert_close_to_truth(out, truth, same_out, dtype)
     assert_close_to_truth(grad, truth_grad, same_grad, dtype, rtol32=1e-4)
 

@@ -19,16 +19,6 @@ namespace itr {
 namespace cpu {
 namespace {
 
-void check_kendall(const at::Tensor& scores, const at::Tensor& relevance, const c10::optional<at::Tensor>& valid,
-                   double gap) {
-  check_scores(scores);
-  check_like_scores(relevance, scores, "relevance");
-  TORCH_CHECK_TYPE(at::isFloatingType(relevance.scalar_type()), "relevance must be a floating tensor, got ",
-                   relevance.scalar_type());
-  check_valid(valid, scores);
-  TORCH_CHECK_VALUE(std::isfinite(gap) && gap >= 0, "gap must be a finite number >= 0, got ", gap);
-}
-
 // One row of the full form, each unordered pair once: returns the sum of phi over the pairs whose
 // relevance gap exceeds `gap`, adds their count, and (if g) d sum / d s into g.
 template <Phi kPhi, typename T>
@@ -67,9 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cpu(const at::Tensor
                                                                 const c10::optional<at::Tensor>& valid, double gap,
                                                                 int64_t phi, double margin, double temperature,
                                                                 bool compute_grad) {
-  check_kendall(scores, relevance, valid, gap);
-  TORCH_CHECK_VALUE(phi >= 0 && phi <= 2, "phi must be 0 (hinge), 1 (logistic) or 2 (tanh), got ", phi);
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "temperature must be > 0, got ", temperature);
+  check_kendall_full_args(scores, relevance, valid, gap, phi, temperature);
   const at::Tensor S = scores.contiguous();
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const int64_t Q = S.size(0), N = S.size(1);
@@ -111,16 +99,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cpu(const at::Tensor
   return {sums, counts, grad};
 }
 
-int64_t swhs_steps(int64_t n, int64_t window, int64_t stride) {
-  return n > window ? (n - window + stride - 1) / stride : 0;  // steps while the lower window is non-empty
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cpu(const at::Tensor& scores, const at::Tensor& relevance,
                                                                 const c10::optional<at::Tensor>& valid, int64_t window,
                                                                 int64_t stride, double gap) {
-  check_kendall(scores, relevance, valid, gap);
-  TORCH_CHECK_VALUE(window >= 1, "window must be >= 1, got ", window);
-  TORCH_CHECK_VALUE(stride >= 1, "stride must be >= 1, got ", stride);
+  check_swhs_args(scores, relevance, valid, window, stride, gap);
   const at::Tensor S = scores.contiguous();
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const int64_t Q = S.size(0), N = S.size(1);

@@ -21,12 +21,7 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cpu(const at::Tensor& scores, const at::Tensor& relevance,
                                                                const c10::optional<at::Tensor>& valid, double tau,
                                                                int64_t k, bool linear_gain, bool compute_grad) {
-  check_scores(scores);
-  check_like_scores(relevance, scores, "relevance");
-  TORCH_CHECK_TYPE(at::isFloatingType(relevance.scalar_type()), "relevance must be a floating tensor, got ",
-                   relevance.scalar_type());
-  check_valid(valid, scores);
-  check_tau(tau);
+  check_smooth_ndcg_args(scores, relevance, valid, tau);
   const at::Tensor S = scores.contiguous();
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const int64_t Q = S.size(0), N = S.size(1);

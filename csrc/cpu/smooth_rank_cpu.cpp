@@ -15,9 +15,7 @@ namespace cpu {
 namespace {
 
 at::Tensor smooth_rank_cpu(const at::Tensor& scores, const c10::optional<at::Tensor>& valid, double tau) {
-  check_scores(scores);
-  check_valid(valid, scores);
-  check_tau(tau);
+  check_smooth_rank_args(scores, valid, tau);
   const at::Tensor S = scores.contiguous();
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   at::Tensor out = at::empty(S.sizes(), S.options());
@@ -61,10 +59,8 @@ at::Tensor smooth_rank_cpu(const at::Tensor& scores, const c10::optional<at::Ten
 
 at::Tensor smooth_rank_backward_cpu(const at::Tensor& grad, const at::Tensor& scores,
                                     const c10::optional<at::Tensor>& valid, double tau) {
-  check_scores(scores);
+  check_smooth_rank_args(scores, valid, tau);
   check_like_scores(grad, scores, "grad");
-  check_valid(valid, scores);
-  check_tau(tau);
   const at::Tensor S = scores.contiguous();
   const at::Tensor G = grad.contiguous();
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();

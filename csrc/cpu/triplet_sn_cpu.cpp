@@ -20,17 +20,6 @@ namespace {
 
 constexpr int64_t kRowBlock = 64;  // rows per column partial: fixed, so results do not depend on threads
 
-void check_triplet_sn(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance, double temperature) {
-  check_scores(scores);
-  TORCH_CHECK_VALUE(scores.size(0) == scores.size(1), "scores must be a square in-batch matrix, got ",
-                    scores.sizes());
-  if (relevance.has_value()) {
-    check_like_scores(*relevance, scores, "relevance");
-    TORCH_CHECK_TYPE(at::isFloatingType(relevance->scalar_type()), "relevance must be a floating tensor");
-  }
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "temperature must be > 0, got ", temperature);
-}
-
 template <typename T>
 at::Tensor relevance_as(const c10::optional<at::Tensor>& relevance) {
   return relevance.has_value() ? relevance->to(c10::CppTypeToScalarType<T>::value).contiguous() : at::Tensor();
@@ -38,7 +27,7 @@ at::Tensor relevance_as(const c10::optional<at::Tensor>& relevance) {
 
 std::tuple<at::Tensor, at::Tensor> triplet_sn_cpu(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance,
                                                   double margin, double temperature, double rho) {
-  check_triplet_sn(scores, relevance, temperature);
+  check_triplet_sn_args(scores, relevance, temperature);
   const at::Tensor S = scores.contiguous();
   const int64_t B = S.size(0);
   const auto acc_dtype = S.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -84,11 +73,9 @@ std::tuple<at::Tensor, at::Tensor> triplet_sn_cpu(const at::Tensor& scores, cons
 at::Tensor triplet_sn_backward_cpu(const at::Tensor& grad, const at::Tensor& scores,
                                    const c10::optional<at::Tensor>& relevance, const at::Tensor& lse, double margin,
                                    double temperature, double rho) {
-  check_triplet_sn(scores, relevance, temperature);
+  check_triplet_sn_backward_args(grad, scores, relevance, lse, temperature);
   const at::Tensor S = scores.contiguous();
   const int64_t B = S.size(0);
-  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({2, B}) && lse.sizes() == at::IntArrayRef({2, B}),
-                    "grad and lse must have shape (2, B)");
   at::Tensor out = at::empty({B, B}, S.options());
   if (B == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, S.scalar_type(), "triplet_sn_backward_cpu", [&] {

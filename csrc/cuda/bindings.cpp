@@ -46,9 +46,7 @@ std::tuple<at::Tensor, at::Tensor> relevance_order(const at::Tensor& R, const at
 }
 
 at::Tensor smooth_rank_cuda(const at::Tensor& scores, const c10::optional<at::Tensor>& valid, double tau) {
-  check_scores(scores);
-  check_valid(valid, scores);
-  check_tau(tau);
+  check_smooth_rank_args(scores, valid, tau);
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   at::Tensor out = at::empty(scores.sizes(), scores.options());
@@ -59,10 +57,8 @@ at::Tensor smooth_rank_cuda(const at::Tensor& scores, const c10::optional<at::Te
 
 at::Tensor smooth_rank_backward_cuda(const at::Tensor& grad, const at::Tensor& scores,
                                      const c10::optional<at::Tensor>& valid, double tau) {
-  check_scores(scores);
+  check_smooth_rank_args(scores, valid, tau);
   check_like_scores(grad, scores, "grad");
-  check_valid(valid, scores);
-  check_tau(tau);
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const at::Tensor G = grad.to(scores.scalar_type()).contiguous();
@@ -75,12 +71,7 @@ at::Tensor smooth_rank_backward_cuda(const at::Tensor& grad, const at::Tensor& s
 std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cuda(const at::Tensor& scores, const at::Tensor& relevance,
                                                                 const c10::optional<at::Tensor>& valid, double tau,
                                                                 int64_t k, bool linear_gain, bool compute_grad) {
-  check_scores(scores);
-  check_like_scores(relevance, scores, "relevance");
-  TORCH_CHECK_TYPE(at::isFloatingType(relevance.scalar_type()), "relevance must be a floating tensor, got ",
-                   relevance.scalar_type());
-  check_valid(valid, scores);
-  check_tau(tau);
+  check_smooth_ndcg_args(scores, relevance, valid, tau);
   const c10::cuda::CUDAGuard guard(scores.device());
   const int64_t Q = scores.size(0), N = scores.size(1);
   const auto acc_dtype = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -111,17 +102,9 @@ at::Tensor relevance_acc(const c10::optional<at::Tensor>& relevance, const at::T
   return relevance.has_value() ? relevance->to(acc_type(scores)).contiguous() : at::Tensor();
 }
 
-void check_square(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance, double temperature) {
-  check_scores(scores);
-  TORCH_CHECK_VALUE(scores.size(0) == scores.size(1), "scores must be a square in-batch matrix, got ",
-                    scores.sizes());
-  if (relevance.has_value()) check_like_scores(*relevance, scores, "relevance");
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "temperature must be > 0, got ", temperature);
-}
-
 std::tuple<at::Tensor, at::Tensor> triplet_sn_cuda(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance,
                                                    double margin, double temperature, double rho) {
-  check_square(scores, relevance, temperature);
+  check_triplet_sn_args(scores, relevance, temperature);
   const c10::cuda::CUDAGuard guard(scores.device());
   const int64_t B = scores.size(0);
   const at::Tensor R = relevance_acc(relevance, scores);
@@ -136,10 +119,8 @@ std::tuple<at::Tensor, at::Tensor> triplet_sn_cuda(const at::Tensor& scores, con
 at::Tensor triplet_sn_backward_cuda(const at::Tensor& grad, const at::Tensor& scores,
                                     const c10::optional<at::Tensor>& relevance, const at::Tensor& lse, double margin,
                                     double temperature, double rho) {
-  check_square(scores, relevance, temperature);
+  check_triplet_sn_backward_args(grad, scores, relevance, lse, temperature);
   const int64_t B = scores.size(0);
-  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({2, B}) && lse.sizes() == at::IntArrayRef({2, B}),
-                    "grad and lse must have shape (2, B)");
   const c10::cuda::CUDAGuard guard(scores.device());
   const at::Tensor R = relevance_acc(relevance, scores);
   const at::Tensor G = grad.to(acc_type(scores)).contiguous();
@@ -151,22 +132,11 @@ at::Tensor triplet_sn_backward_cuda(const at::Tensor& grad, const at::Tensor& sc
   return out;
 }
 
-void check_kendall(const at::Tensor& scores, const at::Tensor& relevance, const c10::optional<at::Tensor>& valid,
-                   double gap) {
-  check_scores(scores);
-  check_like_scores(relevance, scores, "relevance");
-  TORCH_CHECK_TYPE(at::isFloatingType(relevance.scalar_type()), "relevance must be a floating tensor");
-  check_valid(valid, scores);
-  TORCH_CHECK_VALUE(std::isfinite(gap) && gap >= 0, "gap must be a finite number >= 0, got ", gap);
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cuda(const at::Tensor& scores, const at::Tensor& relevance,
                                                                  const c10::optional<at::Tensor>& valid, double gap,
                                                                  int64_t phi, double margin, double temperature,
                                                                  bool compute_grad) {
-  check_kendall(scores, relevance, valid, gap);
-  TORCH_CHECK_VALUE(phi >= 0 && phi <= 2, "phi must be 0 (hinge), 1 (logistic) or 2 (tanh), got ", phi);
-  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, "temperature must be > 0, got ", temperature);
+  check_kendall_full_args(scores, relevance, valid, gap, phi, temperature);
   const c10::cuda::CUDAGuard guard(scores.device());
   const int64_t Q = scores.size(0), N = scores.size(1);
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
@@ -188,12 +158,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cuda(const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cuda(const at::Tensor& scores, const at::Tensor& relevance,
                                                                  const c10::optional<at::Tensor>& valid,
                                                                  int64_t window, int64_t stride, double gap) {
-  check_kendall(scores, relevance, valid, gap);
-  TORCH_CHECK_VALUE(window >= 1, "window must be >= 1, got ", window);
-  TORCH_CHECK_VALUE(stride >= 1, "stride must be >= 1, got ", stride);
+  check_swhs_args(scores, relevance, valid, window, stride, gap);
   const c10::cuda::CUDAGuard guard(scores.device());
   const int64_t Q = scores.size(0), N = scores.size(1);
-  const int64_t steps = N > window ? (N - window + stride - 1) / stride : 0;
+  const int64_t steps = swhs_steps(N, window, stride);
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const at::Tensor R = relevance.to(acc_type(scores)).contiguous();
   auto [order, n_valid] = relevance_order(R, V);
