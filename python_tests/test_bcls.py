@@ -122,11 +122,16 @@ def brute_force_swhs(scores, relevance, valid, window, stride, gap):
 
 @pytest.mark.parametrize("window,stride", [(1, 1), (2, 1), (3, 3), (8, 8), (8, 3), (5, 7)])
 @pytest.mark.parametrize("masked", [False, True])
-def test_swhs_selection_matches_brute_force(window, stride, masked, device, gen):
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])   # float32 sorts packed integer keys
+def test_swhs_selection_matches_brute_force(window, stride, masked, dtype, device, gen):
     q, n = 7, 41
-    # Coarse values make ties in both relevance and scores.
-    scores = (torch.randint(0, 6, (q, n), generator=gen) / 5).double().to(device)
-    relevance = (torch.randint(0, 5, (q, n), generator=gen) / 4).double().to(device)
+    # Coarse values make ties in both relevance and scores; -0.0 ties +0.0; infinities sort too.
+    scores = (torch.randint(0, 6, (q, n), generator=gen) / 5).to(device, dtype)
+    relevance = (torch.randint(-1, 5, (q, n), generator=gen) / 4).to(dtype)
+    relevance[relevance == 0] = torch.tensor([0.0, -0.0], dtype=dtype)[torch.randint(0, 2, ((relevance == 0).sum(),),
+                                                                                      generator=gen)]
+    relevance[0, :3] = torch.tensor([float("inf"), -float("inf"), float("inf")], dtype=dtype)
+    relevance = relevance.to(device)
     valid = (torch.rand(q, n, generator=gen) > 0.25).to(device) if masked else None
     upper, lower, keep = torch.ops.itr_kernels.kendall_swhs(scores, relevance, valid, window, stride, 0.1)
     expected = brute_force_swhs(scores.cpu(), relevance.cpu(), None if valid is None else valid.cpu(), window,

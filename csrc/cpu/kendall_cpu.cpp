@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -126,10 +127,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cpu(const at::Tensor
       const scalar_t* sq = s + q * N;
       std::vector<int64_t> order;
       order.reserve(N);
-      for (int64_t j = 0; j < N; ++j)
-        if (!v || v[q * N + j]) order.push_back(j);
       // Relevance descending, ties to the lower column (SPEC), NaN last.
-      std::sort(order.begin(), order.end(), [rq](int64_t a, int64_t b) { return ranks_before(rq[a], a, rq[b], b); });
+      if (std::is_same_v<T, float> && N <= int64_t{UINT32_MAX}) {
+        std::vector<uint64_t> keys;
+        keys.reserve(N);
+        for (int64_t j = 0; j < N; ++j)
+          if (!v || v[q * N + j]) keys.push_back(rank_key(static_cast<float>(rq[j]), static_cast<uint32_t>(j)));
+        std::sort(keys.begin(), keys.end());
+        for (const uint64_t k : keys) order.push_back(static_cast<int64_t>(k & 0xFFFFFFFFu));
+      } else {
+        for (int64_t j = 0; j < N; ++j)
+          if (!v || v[q * N + j]) order.push_back(j);
+        std::sort(order.begin(), order.end(), [rq](int64_t a, int64_t b) { return ranks_before(rq[a], a, rq[b], b); });
+      }
       const int64_t n = static_cast<int64_t>(order.size());
       for (int64_t t = 0; t < swhs_steps(n, window, stride); ++t) {
         const int64_t u0 = t * stride, u1 = std::min(u0 + window, n), l0 = u0 + window, l1 = std::min(l0 + window, n);

@@ -181,4 +181,16 @@ ITR_HD bool ranks_before(T ra, int64_t a, T rb, int64_t b) {
   return a < b;
 }
 
+// ranks_before for float relevance as one integer, so a row sorts as plain uint64 keys (several
+// times faster than a comparator over indices): ascending keys give descending relevance, ties to
+// the lower column, NaN last. Column j must fit in 32 bits.
+ITR_HD uint64_t rank_key(float r, uint32_t j) {
+  uint32_t u;
+  const float r0 = r + 0.0f;  // -0 and +0 tie, as in ranks_before
+  memcpy(&u, &r0, sizeof u);
+  const uint32_t ascending = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // monotone in r
+  const uint32_t hi = r != r ? 0xFFFFFFFFu : ~ascending;
+  return (static_cast<uint64_t>(hi) << 32) | j;
+}
+
 }  // namespace itr
