@@ -1,0 +1,273 @@
+"""Reference training loop: a VSE model trained with the fused ranking losses, evaluated with
+R@K, rsum, NDCG@k (RSC relevance), mAP@R and Kendall tau.
+
+    python train.py                                   # configs/default.yaml: listwise, emoji data
+    python train.py --config configs/bcls.yaml seed=1 epochs=20 loss_args.mu=0.5
+    python train.py --config configs/triplet.yaml --resume runs/triplet/last.pt
+
+Writes to out_dir: last.pt (every epoch, for --resume), best.pt (best dev rsum), log.csv,
+TensorBoard events, test_report.json and curves.png.
+"""
+import argparse
+import csv
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+import itr_kernels as ik
+from itr_kernels import checkpoint, metrics
+from itr_kernels.config import load_config
+from itr_kernels.data import encode_captions, load_split, rsc_relevance
+from itr_kernels.data.text import caption_encoder
+from itr_kernels.vse import VSEModel
+
+LOSSES = {"triplet": None, "listwise": ik.ListwiseITRLoss, "bcls": ik.BCLSLoss}
+
+
+class TripletLoss(torch.nn.Module):
+    """VSE++ triplet as a module taking (scores, relevance) like the others (relevance unused)."""
+
+    def __init__(self, margin=0.2, max_violation=True, reduction="mean"):
+        super().__init__()
+        self.margin, self.max_violation, self.reduction = margin, max_violation, reduction
+
+    def forward(self, scores, relevance_i2t=None):
+        return ik.triplet_loss(scores, self.margin, self.max_violation, self.reduction)
+
+
+LOSSES["triplet"] = TripletLoss
+
+
+def make_loss(name, args):
+    if name not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
+    cls = LOSSES[name]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ValueError(f"loss_args: unknown argument(s) {unknown} for loss {name!r}; it takes {accepted}")
+    return cls(**args)
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here")
+    return dev
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Split:
+    """One split on the training device: image features, caption features, caption owners and
+    (lazily, for evaluation) the full RSC relevance."""
+
+    def __init__(self, data, text_feats, device):
+        self.m = data.m
+        self.images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)
+        self.texts = torch.from_numpy(text_feats).to(device)
+        self.owner = torch.from_numpy(data.caption_owner()).to(device)
+        self.n_images = data.n_images
+        self._relevance = None
+
+    def relevance(self):
+        if self._relevance is None:
+            self._relevance = rsc_relevance(self.texts, self.m)
+        return self._relevance
+
+
+def load_data(cfg, device, log):
+    if cfg["data"] == "emoji":
+        from itr_kernels.data.emoji import build_emoji
+        root = build_emoji(cfg["data_root"], progress=cfg["progress"])
+    else:
+        root = cfg["data"]
+    raw = {s: load_split(root, s) for s in ("train", "dev", "test")}
+    if len({d.images.shape[1:] for d in raw.values()}) != 1:
+        raise ValueError(f"{root}: the splits' image features differ in shape: "
+                         f"{ {s: d.images.shape for s, d in raw.items()} }")
+    encoder = caption_encoder(cfg["text_encoder"], raw["train"].captions)
+    cache = os.path.join(root, "cache")
+    splits = {s: Split(d, encode_captions(encoder, d.captions, cache, s), device) for s, d in raw.items()}
+    log(f"data {root}: " + ", ".join(f"{s} {d.n_images} images x {d.m} captions" for s, d in splits.items())
+        + f"; image features {tuple(raw['train'].images.shape[1:])}, text {cfg['text_encoder']} "
+          f"{splits['train'].texts.shape[1]}-d")
+    return splits
+
+
+def lr_factor(step, steps_per_epoch, cfg):
+    warm = cfg["warmup_epochs"] * steps_per_epoch
+    total = cfg["epochs"] * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def evaluate(model, split, k, full=False):
+    model.eval()
+    scores = model.similarity(split.images, split.texts)
+    if full:
+        out = metrics.evaluate(scores, split.owner, split.relevance(), k)
+    else:   # per epoch: what picks the best checkpoint and shows progress, cheaply
+        out = metrics.recall_at_k(scores, split.owner)
+        rel = split.relevance()
+        out[f"ndcg@{k}"] = (metrics.ndcg_at_k(scores, rel, k) + metrics.ndcg_at_k(scores.T, rel.T, k)) / 2
+    model.train()
+    return out
+
+
+def train_epoch(model, loss_fn, opt, sched, split, cfg, epoch, device, bar):
+    """One pass over the training images in a permutation fixed by (seed, epoch), one random
+    caption per image, so every batch is a square in-batch matrix with positives on the diagonal."""
+    gen = torch.Generator().manual_seed(cfg["seed"] * 100003 + epoch)
+    perm = torch.randperm(split.n_images, generator=gen)
+    pick = torch.randint(split.m, (split.n_images,), generator=gen)
+    bs = cfg["batch_size"]
+    use_amp = cfg["amp"] and device.type == "cuda"
+    total, steps = 0.0, 0
+    for s in range(0, split.n_images - bs + 1, bs):       # drop_last: every batch is B x B
+        img = perm[s:s + bs].to(device)
+        cap = img * split.m + pick[perm[s:s + bs]].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            scores = model(split.images[img], split.texts[cap])
+        relevance = rsc_relevance(split.texts, split.m, img, cap)
+        loss = loss_fn(scores.float(), relevance)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        opt.step()
+        sched.step()
+        total += loss.item()
+        steps += 1
+        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{total / steps:.4f}")
+    return total / max(1, steps)
+
+
+def write_curves(history, path, k):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    ax[0].plot(ep, [h["train_loss"] for h in history], marker="o")
+    ax[0].set(title="training loss", xlabel="epoch")
+    ax[1].plot(ep, [h["dev_rsum"] for h in history], marker="o", color="C1")
+    ax[1].set(title="dev rsum", xlabel="epoch")
+    ax[2].plot(ep, [h[f"dev_ndcg@{k}"] for h in history], marker="o", color="C2")
+    ax[2].set(title=f"dev NDCG@{k} (RSC)", xlabel="epoch")
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg, resume=None, log=print):
+    from tqdm.auto import tqdm
+    device = pick_device(cfg["device"])
+    if cfg["num_threads"] > 0:
+        torch.set_num_threads(cfg["num_threads"])
+    seed_everything(cfg["seed"])
+    loss_fn = make_loss(cfg["loss"], cfg["loss_args"])
+    out = cfg["out_dir"]
+    os.makedirs(out, exist_ok=True)
+    splits = load_data(cfg, device, log)
+    train = splits["train"]
+    if train.n_images < cfg["batch_size"]:
+        raise ValueError(f"batch_size {cfg['batch_size']} exceeds the {train.n_images} training images")
+    model = VSEModel(train.images.shape[-1], train.texts.shape[1], cfg["embed_dim"], cfg["hidden"],
+                     cfg["dropout"]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    steps_per_epoch = train.n_images // cfg["batch_size"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps_per_epoch, cfg))
+    start, best, history = 1, -1.0, []
+    if resume:
+        ckpt = checkpoint.load(resume, cfg)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        start, best, history = ckpt["epoch"] + 1, ckpt["best_rsum"], list(ckpt["history"])
+        log(f"resumed from {resume} at epoch {ckpt['epoch']}")
+    k = cfg["eval_k"]
+    writer = None
+    if cfg["tensorboard"]:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(os.path.join(out, "tb"), purge_step=start)
+        except ImportError:
+            log("tensorboard is not installed (pip install tensorboard): no TensorBoard logs")
+    bar = tqdm(total=(cfg["epochs"] - start + 1) * steps_per_epoch, unit="step", disable=not cfg["progress"],
+               dynamic_ncols=True, desc=cfg["loss"])
+    for epoch in range(start, cfg["epochs"] + 1):
+        t0 = time.perf_counter()
+        train_loss = train_epoch(model, loss_fn, opt, sched, train, cfg, epoch, device, bar)
+        dev = evaluate(model, splits["dev"], k)
+        row = {"epoch": epoch, "train_loss": train_loss, "lr": sched.get_last_lr()[0],
+               "seconds": time.perf_counter() - t0, **{f"dev_{n}": v for n, v in dev.items()}}
+        history.append(row)
+        if writer:
+            for n, v in row.items():
+                if n != "epoch":
+                    writer.add_scalar(n, v, epoch)
+        (bar.write if cfg["progress"] else log)(f"epoch {epoch}: loss {train_loss:.4f}  dev rsum {dev['rsum']:.1f}  "
+                  f"NDCG@{k} {dev[f'ndcg@{k}']:.4f}  ({row['seconds']:.1f} s)")
+        state = dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                     epoch=epoch, best_rsum=max(best, dev["rsum"]), history=history, config=cfg)
+        if dev["rsum"] > best:
+            best = dev["rsum"]
+            checkpoint.save(os.path.join(out, "best.pt"), **state, rng=checkpoint.rng_state())
+        checkpoint.save(os.path.join(out, "last.pt"), **state, rng=checkpoint.rng_state())
+        with open(os.path.join(out, "log.csv"), "w", newline="") as f:   # rewritten: a resume never duplicates rows
+            w = csv.DictWriter(f, fieldnames=list(history[0]))
+            w.writeheader()
+            w.writerows(history)
+    bar.close()
+    if writer:
+        writer.close()
+    best_ckpt = checkpoint.load(os.path.join(out, "best.pt"), cfg)
+    model.load_state_dict(best_ckpt["model"])
+    test = evaluate(model, splits["test"], k, full=True)
+    report = {"config": cfg, "best_epoch": best_ckpt["epoch"], "test": test,
+              "torch": torch.__version__, "device": str(device)}
+    with open(os.path.join(out, "test_report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    write_curves(history, os.path.join(out, "curves.png"), k)
+    log(f"test (best epoch {best_ckpt['epoch']}): "
+        f"i2t R@1 {test['i2t_r1']:.1f} R@5 {test['i2t_r5']:.1f} R@10 {test['i2t_r10']:.1f} | "
+        f"t2i R@1 {test['t2i_r1']:.1f} R@5 {test['t2i_r5']:.1f} R@10 {test['t2i_r10']:.1f} | "
+        f"rsum {test['rsum']:.1f} | NDCG@{k} {test[f'ndcg@{k}']:.4f} | Kendall tau {test['kendall_tau']:.4f}")
+    log(f"wrote {out}/test_report.json, curves.png, log.csv, best.pt, last.pt")
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, help="YAML config (default: configs/default.yaml)")
+    p.add_argument("--resume", default=None, help="checkpoint to resume exactly (e.g. OUT_DIR/last.pt)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of any config value")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(a.config, a.overrides)
+        return run(cfg, a.resume)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        sys.exit(f"train.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()
