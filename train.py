@@ -24,8 +24,8 @@ import torch
 import itr_kernels as ik
 from itr_kernels import checkpoint, metrics
 from itr_kernels.config import load_config
-from itr_kernels.data import encode_captions, load_split, rsc_relevance
-from itr_kernels.data.text import caption_encoder
+from itr_kernels.data import rsc_relevance
+from itr_kernels.data.loading import load_data
 from itr_kernels.vse import VSEModel
 
 LOSSES = {"triplet": None, "listwise": ik.ListwiseITRLoss, "bcls": ik.BCLSLoss}
@@ -69,43 +69,6 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class Split:
-    """One split on the training device: image features, caption features, caption owners and
-    (lazily, for evaluation) the full RSC relevance."""
-
-    def __init__(self, data, text_feats, device):
-        self.m = data.m
-        self.images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)
-        self.texts = torch.from_numpy(text_feats).to(device)
-        self.owner = torch.from_numpy(data.caption_owner()).to(device)
-        self.n_images = data.n_images
-        self._relevance = None
-
-    def relevance(self):
-        if self._relevance is None:
-            self._relevance = rsc_relevance(self.texts, self.m)
-        return self._relevance
-
-
-def load_data(cfg, device, log):
-    if cfg["data"] == "emoji":
-        from itr_kernels.data.emoji import build_emoji
-        root = build_emoji(cfg["data_root"], progress=cfg["progress"])
-    else:
-        root = cfg["data"]
-    raw = {s: load_split(root, s) for s in ("train", "dev", "test")}
-    if len({d.images.shape[1:] for d in raw.values()}) != 1:
-        raise ValueError(f"{root}: the splits' image features differ in shape: "
-                         f"{ {s: d.images.shape for s, d in raw.items()} }")
-    encoder = caption_encoder(cfg["text_encoder"], raw["train"].captions)
-    cache = os.path.join(root, "cache")
-    splits = {s: Split(d, encode_captions(encoder, d.captions, cache, s), device) for s, d in raw.items()}
-    log(f"data {root}: " + ", ".join(f"{s} {d.n_images} images x {d.m} captions" for s, d in splits.items())
-        + f"; image features {tuple(raw['train'].images.shape[1:])}, text {cfg['text_encoder']} "
-          f"{splits['train'].texts.shape[1]}-d")
-    return splits
 
 
 def lr_factor(step, steps_per_epoch, cfg):

@@ -82,9 +82,10 @@ def parse_overrides(items):
     return out
 
 
-def load_config(path=None, overrides=()):
-    cfg = _read(DEFAULT_PATH)
-    if path and os.path.abspath(path) != os.path.abspath(DEFAULT_PATH):
+def load_config(path=None, overrides=(), defaults=DEFAULT_PATH):
+    """`defaults` (every key), then the file at `path`, then `key=value` overrides."""
+    cfg = _read(defaults)
+    if path and os.path.abspath(path) != os.path.abspath(defaults):
         cfg = merge(cfg, _read(path), path)
     cfg = merge(cfg, parse_overrides(overrides), "command line")
     return cfg

@@ -102,8 +102,8 @@ class Crash(Exception):
 def test_resume_after_crash_mid_epoch_is_exact(tiny_data, tmp_path, monkeypatch):
     full = train.run(cfg_for(tiny_data, tmp_path / "a"), log=lambda *_: None)
 
-    # Same run, crashed in the middle of epoch 2: one relevance call per step (96 // 16 = 6 steps an
-    # epoch) and one for the dev split at the first evaluation, so call 11 is step 4 of epoch 2.
+    # Same run, crashed in the middle of epoch 2: one relevance call per step, 96 // 16 = 6 steps an
+    # epoch, so call 11 is step 5 of epoch 2.
     calls = {"n": 0}
     real = train.rsc_relevance
 
