@@ -5,7 +5,7 @@ from . import reference
 from ._ops import build_info
 from .bcls import kendall_loss, listnet_loss, ranknet_loss, smooth_ap_loss, triplet_sn_loss
 from .losses import smooth_ndcg_loss, smooth_rank, triplet_loss
-from .modules import BCLSLoss, KendallRankLoss, ListwiseITRLoss, SmoothNDCGLoss, TripletSNLoss
+from .modules import BCLSLoss, KendallRankLoss, ListwiseITRLoss, SmoothNDCGLoss, TripletLoss, TripletSNLoss
 
 __version__ = "0.1.0"
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "triplet_loss",
     "SmoothNDCGLoss",
     "ListwiseITRLoss",
+    "TripletLoss",
     "triplet_sn_loss",
     "kendall_loss",
     "ranknet_loss",

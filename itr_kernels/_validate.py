@@ -90,3 +90,17 @@ def non_negative(x, name):
 def positive_int(x, name):
     if isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {x!r}")
+
+
+def positive_columns(p, s, name="positives"):
+    """The column of each row's positive in a rectangular (Q, N) score matrix."""
+    tensor(p, name)
+    if p.dim() != 1 or p.shape[0] != s.shape[0]:
+        raise ValueError(f"{name} must be 1-D with one column index per row of scores ({s.shape[0]},), "
+                         f"got shape {tuple(p.shape)}")
+    if p.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must be an integer tensor of column indices, got {p.dtype}")
+    if p.device != s.device:
+        raise ValueError(f"{name} must be on the device of scores ({s.device}), got {p.device}")
+    if p.numel() and (int(p.min()) < 0 or int(p.max()) >= s.shape[1]):
+        raise ValueError(f"{name} must hold column indices in [0, {s.shape[1]})")

@@ -39,8 +39,12 @@ def _kendall_args(scores, relevance, gap, phi, margin, temperature, sampling, wi
     return float(gap), int(stride)
 
 
-def _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction):
-    check.square(scores)
+def _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction, positives=None):
+    if positives is None:
+        check.square(scores)
+    else:
+        check.scores(scores)
+        check.positive_columns(positives, scores)
     if relevance is not None:
         check.relevance(relevance, scores)
     check.finite(margin, "margin")
@@ -49,13 +53,25 @@ def _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction):
     check.choice(reduction, "reduction", REDUCTIONS)
 
 
-def triplet_sn_loss(scores, relevance=None, margin=0.2, temperature=0.01, rho=1.0, reduction="mean"):
+def triplet_sn_loss(scores, relevance=None, margin=0.2, temperature=0.01, rho=1.0, reduction="mean", positives=None):
     """Triplet loss with soft negative mining on a square in-batch matrix (diagonal = positives):
     per query ``T * log(1 + sum_{j in Neg} exp((m + S[q,j] - S[q,p]) / T))`` with
     ``Neg = {j != p : R[q,j] < rho}``, both directions from one pass over S (the text-to-image
     direction uses relevance.T). "none" gives (2, B) [image-to-text, text-to-image]; "mean"
-    averages each direction, then the two."""
-    _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction)
+    averages each direction, then the two.
+
+    positives: the column of each row's positive, for rectangular (Q, N) scores (local rows against
+    a global batch); then only the rows are queries ("none" gives (Q,)), computed as a masked
+    logsumexp in O(Q·N) memory."""
+    _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction, positives)
+    if positives is not None:
+        col = positives.long()[:, None]
+        x = (margin + scores - scores.gather(1, col)) / temperature
+        negative = torch.ones_like(scores, dtype=torch.bool).scatter(1, col, False)
+        if relevance is not None:
+            negative &= relevance < rho
+        x = torch.cat([x.new_zeros(x.shape[0], 1), x.masked_fill(~negative, -torch.inf)], dim=1)
+        return reduce_rows(temperature * torch.logsumexp(x, dim=1), None, reduction)   # T log(1 + sum e^x)
     loss, _ = ops.triplet_sn(scores, relevance, float(margin), float(temperature), float(rho))
     return reduce_rows(loss, None, reduction)
 

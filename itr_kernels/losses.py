@@ -8,6 +8,17 @@ GAINS = ("exp", "linear")
 REDUCTIONS = ("mean", "sum", "none")
 
 
+_denominator_hook = None
+
+
+def set_denominator_hook(hook):
+    """Install a function applied to every "mean"'s count (itr_kernels.distributed.global_mean sums
+    it over processes); returns the previous one."""
+    global _denominator_hook
+    previous, _denominator_hook = _denominator_hook, hook
+    return previous
+
+
 def reduce_rows(per_row, counted, reduction):
     """Apply `reduction` to per-row losses; `mean` averages over the `counted` rows (all if None),
     0 when none is counted."""
@@ -15,6 +26,9 @@ def reduce_rows(per_row, counted, reduction):
         return per_row
     if reduction == "sum":
         return per_row.sum()
+    if _denominator_hook is not None:
+        count = per_row.new_tensor(per_row.numel()) if counted is None else counted.sum()
+        return per_row.sum() / _denominator_hook(count).clamp(min=1).to(per_row.dtype)
     if counted is None:
         return per_row.mean()
     return per_row.sum() / counted.sum().clamp(min=1)
@@ -34,8 +48,12 @@ def _smooth_ndcg_args(scores, relevance, tau, k, gain, valid, reduction):
     check.choice(reduction, "reduction", REDUCTIONS)
 
 
-def _triplet_args(scores, margin, reduction):
-    check.square(scores)
+def _triplet_args(scores, margin, reduction, positives=None):
+    if positives is None:
+        check.square(scores)
+    else:
+        check.scores(scores)
+        check.positive_columns(positives, scores)
     check.finite(margin, "margin")
     check.choice(reduction, "reduction", REDUCTIONS)
 
@@ -61,15 +79,23 @@ def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None
     return reduce_rows(loss, idcg > 0, reduction)
 
 
-def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean"):
+def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean", positives=None):
     """VSE++ hinge triplet loss on a square in-batch matrix (positives on the diagonal), both
     directions: rows are image-to-text queries, columns text-to-image.
 
     max_violation: hardest negative (VSE++) or the sum over negatives (VSE0). reduction "none" gives
     a (2, B) tensor [image-to-text, text-to-image]; "mean" averages both directions (the seed's
     code); "sum" adds every row of both (the VSE++ paper's code).
+
+    positives: the column of each row's positive, for rectangular (Q, N) scores (local rows
+    against a global batch, see itr_kernels.distributed); then only the rows are queries and
+    "none" gives (Q,) losses.
     """
-    _triplet_args(scores, margin, reduction)
+    _triplet_args(scores, margin, reduction, positives)
+    if positives is not None:
+        pos = scores.gather(1, positives.long()[:, None])
+        hinge = (margin + scores - pos).clamp(min=0).scatter(1, positives.long()[:, None], 0)
+        return reduce_rows(hinge.amax(dim=1) if max_violation else hinge.sum(dim=1), None, reduction)
     positives = scores.diagonal()
     off_diagonal = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
     # One hinge matrix per direction: row i against its positive S[i, i], column j against S[j, j].

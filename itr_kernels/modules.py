@@ -48,19 +48,39 @@ class ListwiseITRLoss(nn.Module):
         self.margin, self.tau, self.weight, self.k, self.gain = margin, tau, weight, k, gain
         self.max_violation, self.triplet_reduction = max_violation, triplet_reduction
 
-    def forward(self, scores, relevance_i2t, relevance_t2i=None):
-        check.square(scores)
+    def forward(self, scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None):
+        """Square in-batch `scores` (positives on the diagonal), or, with `positives` (the column of
+        each row's positive), rectangular image-to-text rows `scores` and text-to-image rows
+        `scores_t2i` against a global batch (itr_kernels.distributed)."""
+        s_t2i, triplet = _directions(self, scores, relevance_i2t, positives, scores_t2i)
         if relevance_t2i is None:
-            check.tensor(relevance_i2t, "relevance_i2t")
             relevance_t2i = relevance_i2t.T
-        triplet = self.impl.triplet_loss(scores, self.margin, self.max_violation, self.triplet_reduction)
         i2t = self.impl.smooth_ndcg_loss(scores, relevance_i2t, self.tau, self.k, self.gain)
-        t2i = self.impl.smooth_ndcg_loss(scores.T, relevance_t2i, self.tau, self.k, self.gain)
+        t2i = self.impl.smooth_ndcg_loss(s_t2i, relevance_t2i, self.tau, self.k, self.gain)
         return (1 - self.weight) * triplet + self.weight * (i2t + t2i) / 2
 
     def extra_repr(self):
         return (f"margin={self.margin}, tau={self.tau}, weight={self.weight}, k={self.k}, gain={self.gain!r}, "
                 f"max_violation={self.max_violation}, triplet_reduction={self.triplet_reduction!r}")
+
+
+class TripletLoss(nn.Module):
+    """VSE++ triplet loss (`triplet_loss`) as a module with the in-batch signature of the others:
+    forward(scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None);
+    relevance is not used."""
+
+    impl = losses
+
+    def __init__(self, margin=0.2, max_violation=True, reduction="mean"):
+        super().__init__()
+        check.finite(margin, "margin")
+        check.choice(reduction, "reduction", ("mean", "sum"))
+        self.margin, self.max_violation, self.triplet_reduction = margin, max_violation, reduction
+
+    def forward(self, scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None):
+        if relevance_i2t is None:   # unused; _directions checks it is a tensor
+            relevance_i2t = scores.detach()
+        return _directions(self, scores, relevance_i2t, positives, scores_t2i)[1]
 
 
 class TripletSNLoss(nn.Module):
@@ -76,8 +96,9 @@ class TripletSNLoss(nn.Module):
         check.choice(reduction, "reduction", losses.REDUCTIONS)
         self.margin, self.temperature, self.rho, self.reduction = margin, temperature, rho, reduction
 
-    def forward(self, scores, relevance=None):
-        return self.impl.triplet_sn_loss(scores, relevance, self.margin, self.temperature, self.rho, self.reduction)
+    def forward(self, scores, relevance=None, positives=None):
+        return self.impl.triplet_sn_loss(scores, relevance, self.margin, self.temperature, self.rho, self.reduction,
+                                         positives)
 
 
 class KendallRankLoss(nn.Module):
@@ -126,10 +147,40 @@ class BCLSLoss(nn.Module):
         self.kendall = KendallRankLoss(gap, phi, kendall_margin, kendall_temperature, sampling, window, stride)
         self.triplet.impl = self.kendall.impl = self.impl
 
-    def forward(self, scores, relevance_i2t, relevance_t2i=None):
-        check.square(scores)
+    def forward(self, scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None):
+        """As ListwiseITRLoss.forward: square, or rectangular rows of both directions with `positives`."""
+        s_t2i, triplet = _directions(self, scores, relevance_i2t, positives, scores_t2i, relevance_t2i)
         if relevance_t2i is None:
-            check.tensor(relevance_i2t, "relevance_i2t")
             relevance_t2i = relevance_i2t.T
-        kendall = (self.kendall(scores, relevance_i2t) + self.kendall(scores.T, relevance_t2i)) / 2
-        return self.triplet(scores, relevance_i2t) + self.mu * kendall
+        kendall = (self.kendall(scores, relevance_i2t) + self.kendall(s_t2i, relevance_t2i)) / 2
+        return triplet + self.mu * kendall
+
+
+def _directions(module, scores, relevance_i2t, positives, scores_t2i, relevance_t2i=None):
+    """The text-to-image score rows and the triplet part of a both-directions loss.
+
+    Square: the rows of scores.T, and the module's triplet over both directions of `scores` in one
+    call. Rectangular (`positives` given): `scores_t2i` as given, and the triplet of each direction's
+    rows against its positives, combined as the square form combines them (mean of the two
+    directions, or their sum for triplet_reduction="sum")."""
+    check.tensor(relevance_i2t, "relevance_i2t")
+    if positives is None:
+        check.square(scores)
+        if scores_t2i is not None:
+            raise ValueError("scores_t2i is only for rectangular scores: pass positives too")
+        if isinstance(module, BCLSLoss):
+            return scores.T, module.triplet(scores, relevance_i2t)
+        return scores.T, module.impl.triplet_loss(scores, module.margin, module.max_violation, module.triplet_reduction)
+    if scores_t2i is None:
+        raise ValueError("positives given: pass scores_t2i, the text-to-image rows against the global batch, too")
+    check.tensor(scores_t2i, "scores_t2i")
+    if scores_t2i.shape != scores.shape:
+        raise ValueError(f"scores_t2i must have the shape of scores {tuple(scores.shape)}, got {tuple(scores_t2i.shape)}")
+    if isinstance(module, BCLSLoss):
+        rel_t2i = relevance_i2t.T if relevance_t2i is None else relevance_t2i
+        parts = [module.triplet(scores, relevance_i2t, positives), module.triplet(scores_t2i, rel_t2i, positives)]
+        return scores_t2i, (parts[0] + parts[1]) / 2
+    reduction = module.triplet_reduction
+    parts = [module.impl.triplet_loss(s, module.margin, module.max_violation, reduction, positives)
+             for s in (scores, scores_t2i)]
+    return scores_t2i, (parts[0] + parts[1]) / 2 if reduction == "mean" else parts[0] + parts[1]

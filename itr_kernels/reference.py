@@ -53,8 +53,17 @@ def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None
     return reduce_rows(loss, has_gain, reduction)
 
 
-def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean"):
-    _triplet_args(scores, margin, reduction)
+def _positive_mask(scores, positives):
+    return torch.arange(scores.shape[1], device=scores.device)[None, :] == positives[:, None]
+
+
+def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean", positives=None):
+    _triplet_args(scores, margin, reduction, positives)
+    if positives is not None:   # rows only, explicit positive columns
+        is_pos = _positive_mask(scores, positives)
+        pos = (scores * is_pos).sum(dim=1, keepdim=True)
+        hinge = torch.where(is_pos, 0, (margin + scores - pos).clamp(min=0))
+        return reduce_rows(hinge.amax(dim=1) if max_violation else hinge.sum(dim=1), None, reduction)
     negatives = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
     per_direction = []
     for m in (scores, scores.T):  # image-to-text rows, then text-to-image rows
@@ -63,8 +72,14 @@ def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean"):
     return reduce_rows(torch.stack(per_direction), None, reduction)
 
 
-def triplet_sn_loss(scores, relevance=None, margin=0.2, temperature=0.01, rho=1.0, reduction="mean"):
-    bcls._triplet_sn_args(scores, relevance, margin, temperature, rho, reduction)
+def triplet_sn_loss(scores, relevance=None, margin=0.2, temperature=0.01, rho=1.0, reduction="mean", positives=None):
+    bcls._triplet_sn_args(scores, relevance, margin, temperature, rho, reduction, positives)
+    if positives is not None:   # rows only: sum over negatives of exp, then log1p
+        is_pos = _positive_mask(scores, positives)
+        negatives = ~is_pos if relevance is None else ~is_pos & (relevance < rho)
+        pos = (scores * is_pos).sum(dim=1, keepdim=True)
+        e = torch.where(negatives, torch.exp((margin + scores - pos) / temperature), 0)
+        return reduce_rows(temperature * torch.log1p(e.sum(dim=1)), None, reduction)
     b = scores.shape[0]
     others = ~torch.eye(b, dtype=torch.bool, device=scores.device)
     zero = scores.new_zeros(b, 1)
@@ -124,6 +139,10 @@ class SmoothNDCGLoss(modules.SmoothNDCGLoss):
 
 
 class ListwiseITRLoss(modules.ListwiseITRLoss):
+    impl = sys.modules[__name__]
+
+
+class TripletLoss(modules.TripletLoss):
     impl = sys.modules[__name__]
 
 

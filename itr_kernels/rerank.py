@@ -318,7 +318,10 @@ def run(checkpoint_path, cfg, log=print):
     model = VSEModel(train.images.shape[-1], train.texts.shape[1], tcfg["embed_dim"], tcfg["hidden"], tcfg["dropout"])
     model.load_state_dict(ckpt["model"])
     model.to(device)
-    models, history = train_rerankers(base_similarities(model, train), train.owner, cfg, log)
+    if cfg["train_split"] not in ("train", "dev"):
+        raise ValueError(f"train_split must be 'train' or 'dev', got {cfg['train_split']!r}")
+    fit = splits[cfg["train_split"]]
+    models, history = train_rerankers(base_similarities(model, fit), fit.owner, cfg, log)
     sims = base_similarities(model, test)
     t0 = time.perf_counter()
     i2t = make_branch(sims["i2t"], sims["i2i"], sims["t2t"], cfg["k_i2t"], cfg["pillars"], cfg["neighbours"])

@@ -28,8 +28,9 @@ class VSEModel(nn.Module):
         return F.normalize(self.text_proj(feats), dim=-1)
 
     def forward(self, image_feats, text_feats):
-        """(B_img, B_txt) cosine scores."""
-        return self.embed_images(image_feats) @ self.embed_texts(text_feats).T
+        """Unit-norm embeddings (image, text); their product is the (B_img, B_txt) cosine scores.
+        Embeddings, not scores, so that a distributed run can gather them (itr_kernels.distributed)."""
+        return self.embed_images(image_feats), self.embed_texts(text_feats)
 
     @torch.no_grad()
     def similarity(self, image_feats, text_feats, batch=4096):

@@ -119,3 +119,26 @@ def test_bad_inputs(gen):
         rerank.make_branch(s_it, s_ii, s_tt, k=0)
     with pytest.raises(ValueError, match="s_ab"):
         rerank.make_branch(s_it[0], s_ii, s_tt)
+
+
+@pytest.mark.parametrize("train_split", ["train", "dev"])
+def test_command_end_to_end_on_a_trained_model(tmp_path, train_split):
+    import json
+
+    import train
+    from itr_kernels.config import CONFIG_DIR, load_config
+    from test_train import cfg_for, make_tiny_data
+    data = make_tiny_data(tmp_path)
+    train.run(cfg_for(data, tmp_path / "run", epochs=2), log=lambda *_: None)
+    cfg = load_config(None, ["k_i2t=8", "k_t2i=4", "pillars=8", "neighbours=4", "dim=16", "epochs=2",
+                             "batch_size=32", f"train_split={train_split}"],
+                      defaults=f"{CONFIG_DIR}/rerank.yaml")
+    report = rerank.run(str(tmp_path / "run" / "best.pt"), cfg, log=lambda *_: None)
+    saved = json.loads((tmp_path / "run" / "rerank_report.json").read_text())
+    assert saved["after"]["rsum"] == pytest.approx(report["after"]["rsum"])
+    for key in ("rsum", "ndcg@10", "i2t_r1", "t2i_r10"):
+        assert 0 <= report["before"][key] and 0 <= report["after"][key]
+    # Only the top k_i2t = 8 are re-ordered, so the top 10 hold the same captions: R@10 is unchanged.
+    assert report["after"]["i2t_r10"] == pytest.approx(report["before"]["i2t_r10"])
+    with pytest.raises(SystemExit, match="train_split"):
+        rerank.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "train_split=test"])
