@@ -287,16 +287,17 @@ def base_similarities(model, split):
 
 
 def _both_directions(i2t_scores, t2i_scores, split, k):
-    """Metrics with the i2t keys from the i2t matrix and the t2i keys from the t2i matrix."""
+    """R@1/5/10, rsum and NDCG@k, the i2t ones from the i2t matrix, the t2i ones from the t2i matrix."""
     from . import metrics
     rel = split.relevance()
-    a = metrics.evaluate(i2t_scores, split.owner, rel, k)
-    b = metrics.evaluate(t2i_scores.T.contiguous(), split.owner, rel, k)
+    a = metrics.recall_at_k(i2t_scores, split.owner)
+    b = metrics.recall_at_k(t2i_scores.T.contiguous(), split.owner)
     out = {key: v for key, v in a.items() if key.startswith("i2t")}
     out.update({key: v for key, v in b.items() if key.startswith("t2i")})
     out["rsum"] = sum(out[f"{d}_r{n}"] for d in ("i2t", "t2i") for n in (1, 5, 10))
+    out[f"i2t_ndcg@{k}"] = metrics.ndcg_at_k(i2t_scores, rel, k)
+    out[f"t2i_ndcg@{k}"] = metrics.ndcg_at_k(t2i_scores, rel.T, k)
     out[f"ndcg@{k}"] = (out[f"i2t_ndcg@{k}"] + out[f"t2i_ndcg@{k}"]) / 2
-    out["kendall_tau"] = (out["i2t_kendall_tau"] + out["t2i_kendall_tau"]) / 2
     return out
 
 

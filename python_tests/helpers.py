@@ -3,6 +3,8 @@ import torch
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+# (Q, N) shapes of the parity tests: single elements, tiny rows, odd sizes, one long row
+SIZES = [(1, 1), (2, 2), (3, 3), (17, 17), (128, 128), (257, 257), (4, 1000)]
 
 
 def cosine_scores(q, n, gen, spread=1.0, dim=32):

@@ -6,9 +6,7 @@ import torch
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import ALL_DTYPES, assert_close_to_truth, inputs, run
-
-SIZES = [(1, 1), (2, 2), (3, 3), (17, 17), (128, 128), (257, 257), (4, 1000)]
+from helpers import ALL_DTYPES, SIZES, assert_close_to_truth, inputs, run
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
