@@ -15,6 +15,11 @@ def pytest_report_header(config):
     return f"itr_kernels test seed: ITR_TEST_SEED={SEED}; devices: {', '.join(DEVICES)}"
 
 
+def pytest_terminal_summary(terminalreporter):
+    # Also under -q, which hides the header: a failure can always be replayed with this seed.
+    terminalreporter.write_line(f"itr_kernels test seed: ITR_TEST_SEED={SEED}")
+
+
 @pytest.fixture
 def gen(request):
     """A CPU generator seeded from the run seed and the test id: fresh per run, reproducible."""

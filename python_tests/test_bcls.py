@@ -61,6 +61,9 @@ def test_triplet_sn_deterministic(device, gen):
 @pytest.mark.parametrize("q,n", [(1, 1), (2, 2), (3, 3), (17, 17), (64, 128), (5, 257)])
 def test_kendall_full_matches_reference(q, n, masked, phi, dtype, device, gen):
     scores, relevance, valid = inputs(q, n, gen, masked)
+    # Relevance on a 1/64 grid (exact in every dtype, with ties): no difference lies within rounding
+    # of the gap 0.3, where a pair's membership would flip between float32 and the float64 truth.
+    relevance = (relevance * 64).round() / 64
     scores, relevance = scores.to(device, dtype), relevance.to(device, dtype)
     valid = None if valid is None else valid.to(device)
     kw = dict(phi=phi, margin=0.05, temperature=0.1, valid=valid, reduction="none")

@@ -21,7 +21,8 @@ ITR_HD T phi_value(Phi phi, T x, T margin, T temperature) {
   switch (phi) {
     case Phi::kHinge: return x + margin > T(0) ? x + margin : T(0);
     case Phi::kLogistic: return temperature * softplus_(x / temperature);  // RankNet
-    default: return (T(1) + tanh(x / temperature)) / T(2);
+    // (1 + tanh(u)) / 2 written as sigmoid(2u): no cancellation where tanh(u) is near -1.
+    default: return T(1) / (T(1) + exp(T(-2) * x / temperature));
   }
 }
 
@@ -32,8 +33,10 @@ ITR_HD T phi_grad(Phi phi, T x, T margin, T temperature) {
     case Phi::kHinge: return x + margin > T(0) ? T(1) : T(0);
     case Phi::kLogistic: return T(1) / (T(1) + exp(-x / temperature));
     default: {
-      const T t = tanh(x / temperature);
-      return (T(1) - t * t) / (T(2) * temperature);
+      // (1 - tanh(u)^2) / (2T) = (2/T) e^{-2|u|} / (1 + e^{-2|u|})^2: 1 - t*t loses all relative
+      // accuracy once tanh saturates, which in float32 is where most of a row's gradient can be.
+      const T e = exp(T(-2) * fabs(x) / temperature);
+      return T(2) / temperature * e / ((T(1) + e) * (T(1) + e));
     }
   }
 }
