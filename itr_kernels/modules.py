@@ -26,7 +26,49 @@ class SmoothNDCGLoss(nn.Module):
         return f"tau={self.tau}, k={self.k}, gain={self.gain!r}, reduction={self.reduction!r}"
 
 
-class ListwiseITRLoss(nn.Module):
+class _BothDirections(nn.Module):
+    """An in-batch loss over both directions with a pairwise part, on a square matrix or on
+    rectangular rows of each direction against a global batch. Subclasses give `_pair_loss(scores,
+    relevance, positives=None)` (one call covers both directions of a square matrix) and
+    `_pair_reduction` ("mean": the two directions are averaged, "sum": added)."""
+
+    def _directions(self, scores, relevance_i2t, relevance_t2i, positives, scores_t2i):
+        """(text-to-image rows, their relevance, the pairwise part over both directions).
+
+        Square: the rows of scores.T and relevance_i2t.T by default. Rectangular (`positives`
+        given): `scores_t2i` as given, and each direction's rows against its positives, combined as
+        the square form combines them."""
+        check.tensor(relevance_i2t, "relevance_i2t")
+        if relevance_t2i is None:
+            relevance_t2i = relevance_i2t.T
+        if positives is None:
+            check.square(scores)
+            if scores_t2i is not None:
+                raise ValueError("scores_t2i is only for rectangular scores: pass positives too")
+            return scores.T, relevance_t2i, self._pair_loss(scores, relevance_i2t)
+        if scores_t2i is None:
+            raise ValueError("positives given: pass scores_t2i, the text-to-image rows against the global batch, too")
+        check.tensor(scores_t2i, "scores_t2i")
+        if scores_t2i.shape != scores.shape:
+            raise ValueError(f"scores_t2i must have the shape of scores {tuple(scores.shape)}, "
+                             f"got {tuple(scores_t2i.shape)}")
+        i2t = self._pair_loss(scores, relevance_i2t, positives)
+        t2i = self._pair_loss(scores_t2i, relevance_t2i, positives)
+        return scores_t2i, relevance_t2i, (i2t + t2i) / 2 if self._pair_reduction == "mean" else i2t + t2i
+
+
+class _VSETripletPart(_BothDirections):
+    """The VSE++ triplet as the pairwise part (needs margin, max_violation, triplet_reduction)."""
+
+    def _pair_loss(self, scores, relevance, positives=None):
+        return self.impl.triplet_loss(scores, self.margin, self.max_violation, self.triplet_reduction, positives)
+
+    @property
+    def _pair_reduction(self):
+        return self.triplet_reduction
+
+
+class ListwiseITRLoss(_VSETripletPart):
     """Listwise ITR loss (SPEC section 4) on a square in-batch score matrix S = img @ txt.T:
 
         (1 - weight) * triplet(S) + weight * (SNDCG(S, R_i2t) + SNDCG(S.T, R_t2i)) / 2
@@ -52,9 +94,7 @@ class ListwiseITRLoss(nn.Module):
         """Square in-batch `scores` (positives on the diagonal), or, with `positives` (the column of
         each row's positive), rectangular image-to-text rows `scores` and text-to-image rows
         `scores_t2i` against a global batch (itr_kernels.distributed)."""
-        s_t2i, triplet = _directions(self, scores, relevance_i2t, positives, scores_t2i)
-        if relevance_t2i is None:
-            relevance_t2i = relevance_i2t.T
+        s_t2i, relevance_t2i, triplet = self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
         i2t = self.impl.smooth_ndcg_loss(scores, relevance_i2t, self.tau, self.k, self.gain)
         t2i = self.impl.smooth_ndcg_loss(s_t2i, relevance_t2i, self.tau, self.k, self.gain)
         return (1 - self.weight) * triplet + self.weight * (i2t + t2i) / 2
@@ -64,7 +104,7 @@ class ListwiseITRLoss(nn.Module):
                 f"max_violation={self.max_violation}, triplet_reduction={self.triplet_reduction!r}")
 
 
-class TripletLoss(nn.Module):
+class TripletLoss(_VSETripletPart):
     """VSE++ triplet loss (`triplet_loss`) as a module with the in-batch signature of the others:
     forward(scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None);
     relevance is not used."""
@@ -80,7 +120,7 @@ class TripletLoss(nn.Module):
     def forward(self, scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None):
         if relevance_i2t is None:   # unused; _directions checks it is a tensor
             relevance_i2t = scores.detach()
-        return _directions(self, scores, relevance_i2t, positives, scores_t2i)[1]
+        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)[2]
 
 
 class TripletSNLoss(nn.Module):
@@ -127,7 +167,7 @@ class KendallRankLoss(nn.Module):
                                       self.sampling, self.window, self.stride, valid, self.reduction)
 
 
-class BCLSLoss(nn.Module):
+class BCLSLoss(_BothDirections):
     """BCLS (SPEC section 5) on a square in-batch score matrix:
 
         TripletSN(S, R_i2t) + mu * (Kendall(S, R_i2t) + Kendall(S.T, R_t2i)) / 2
@@ -149,38 +189,14 @@ class BCLSLoss(nn.Module):
 
     def forward(self, scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None):
         """As ListwiseITRLoss.forward: square, or rectangular rows of both directions with `positives`."""
-        s_t2i, triplet = _directions(self, scores, relevance_i2t, positives, scores_t2i, relevance_t2i)
-        if relevance_t2i is None:
-            relevance_t2i = relevance_i2t.T
+        s_t2i, relevance_t2i, triplet = self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
         kendall = (self.kendall(scores, relevance_i2t) + self.kendall(s_t2i, relevance_t2i)) / 2
         return triplet + self.mu * kendall
 
+    def _pair_loss(self, scores, relevance, positives=None):
+        return self.triplet(scores, relevance, positives)
 
-def _directions(module, scores, relevance_i2t, positives, scores_t2i, relevance_t2i=None):
-    """The text-to-image score rows and the triplet part of a both-directions loss.
+    @property
+    def _pair_reduction(self):
+        return self.triplet.reduction
 
-    Square: the rows of scores.T, and the module's triplet over both directions of `scores` in one
-    call. Rectangular (`positives` given): `scores_t2i` as given, and the triplet of each direction's
-    rows against its positives, combined as the square form combines them (mean of the two
-    directions, or their sum for triplet_reduction="sum")."""
-    check.tensor(relevance_i2t, "relevance_i2t")
-    if positives is None:
-        check.square(scores)
-        if scores_t2i is not None:
-            raise ValueError("scores_t2i is only for rectangular scores: pass positives too")
-        if isinstance(module, BCLSLoss):
-            return scores.T, module.triplet(scores, relevance_i2t)
-        return scores.T, module.impl.triplet_loss(scores, module.margin, module.max_violation, module.triplet_reduction)
-    if scores_t2i is None:
-        raise ValueError("positives given: pass scores_t2i, the text-to-image rows against the global batch, too")
-    check.tensor(scores_t2i, "scores_t2i")
-    if scores_t2i.shape != scores.shape:
-        raise ValueError(f"scores_t2i must have the shape of scores {tuple(scores.shape)}, got {tuple(scores_t2i.shape)}")
-    if isinstance(module, BCLSLoss):
-        rel_t2i = relevance_i2t.T if relevance_t2i is None else relevance_t2i
-        parts = [module.triplet(scores, relevance_i2t, positives), module.triplet(scores_t2i, rel_t2i, positives)]
-        return scores_t2i, (parts[0] + parts[1]) / 2
-    reduction = module.triplet_reduction
-    parts = [module.impl.triplet_loss(s, module.margin, module.max_violation, reduction, positives)
-             for s in (scores, scores_t2i)]
-    return scores_t2i, (parts[0] + parts[1]) / 2 if reduction == "mean" else parts[0] + parts[1]
