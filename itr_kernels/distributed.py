@@ -60,15 +60,6 @@ def gather_with_grad(x):
     return _GatherWithGrad.apply(x)
 
 
-def gather(x):
-    """All-gather without gradient (indices, labels)."""
-    if not is_distributed():
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
 @contextlib.contextmanager
 def global_mean():
     """Inside, every loss's "mean" divides by the count summed over all processes (rows, pairs,
