@@ -81,12 +81,8 @@ def lr_factor(step, steps_per_epoch, cfg):
 def evaluate(model, split, k, full=False):
     model.eval()
     scores = model.similarity(split.images, split.texts)
-    if full:
-        out = metrics.evaluate(scores, split.owner, split.relevance(), k)
-    else:   # per epoch: what picks the best checkpoint and shows progress, cheaply
-        out = metrics.recall_at_k(scores, split.owner)
-        rel = split.relevance()
-        out[f"ndcg@{k}"] = (metrics.ndcg_at_k(scores, rel, k) + metrics.ndcg_at_k(scores.T, rel.T, k)) / 2
+    # per epoch (not full): recall and NDCG, what picks the best checkpoint and shows progress, cheaply
+    out = metrics.evaluate(scores, split.owner, split.relevance(), k, rank_metrics=full)
     model.train()
     return out
 

@@ -20,9 +20,17 @@ def _chunks(n, per_row_cost, budget=1 << 25):
 
 
 def _check_scores(scores, name="scores"):
-    check.tensor(scores, name)
-    if scores.dim() != 2 or scores.numel() == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D (queries, candidates) tensor, got shape {tuple(scores.shape)}")
+    check.scores(scores, name)
+    if scores.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(scores.shape)}")
+
+
+def _t2i(scores, scores_t2i):
+    """The text-to-image rows: scores.T, or a matrix of their own (re-ranked, say)."""
+    if scores_t2i is None:
+        return scores.T
+    check.like_scores(scores_t2i, scores.T, "scores_t2i")
+    return scores_t2i
 
 
 def _check_owner(scores, caption_owner):
@@ -49,17 +57,18 @@ def _first_hit_ranks(scores, positive_of_row):
     return torch.cat(ranks)
 
 
-def recall_at_k(scores, caption_owner, ks=(1, 5, 10)):
+def recall_at_k(scores, caption_owner, ks=(1, 5, 10), scores_t2i=None):
     """Recall@K in both directions, in percent, and rsum.
 
     Image-to-text counts, per image, the best rank among its captions; text-to-image, per caption,
-    the rank of its image. Returns {"i2t_r1", ..., "t2i_r1", ..., "rsum"}."""
+    the rank of its image, in `scores_t2i` (n_captions, n_images) when given, else in scores.T.
+    Returns {"i2t_r1", ..., "t2i_r1", ..., "rsum"}."""
     _check_scores(scores)
     _check_owner(scores, caption_owner)
+    st = _t2i(scores, scores_t2i)
     owner = caption_owner.to(scores.device)
     rows = torch.arange(scores.shape[0], device=scores.device)
     i2t = _first_hit_ranks(scores, lambda s, e: owner[None, :] == rows[s:e, None])
-    st = scores.T
     t2i = _first_hit_ranks(st, lambda s, e: rows[None, :] == owner[s:e, None])
     out = {}
     for name, ranks in (("i2t", i2t), ("t2i", t2i)):
@@ -146,19 +155,25 @@ def kendall_tau(scores, relevance):
     return t.mean().item() if t.numel() else math.nan
 
 
-def evaluate(scores, caption_owner, relevance_i2t=None, k=10):
-    """All metrics for an (n_images, n_captions) score matrix: R@1/5/10 both ways, rsum, and with
-    graded relevance NDCG@k, mAP@R, R-Precision and Kendall tau, each both ways ("i2t_", "t2i_")."""
-    out = recall_at_k(scores, caption_owner)
-    owner = caption_owner.to(scores.device)
-    pos = owner[None, :] == torch.arange(scores.shape[0], device=scores.device)[:, None]
-    for name, sc, p in (("i2t", scores, pos), ("t2i", scores.T, pos.T)):
-        out[f"{name}_map_r"], out[f"{name}_r_precision"] = map_at_r(sc, p)
+def evaluate(scores, caption_owner, relevance_i2t=None, k=10, scores_t2i=None, rank_metrics=True):
+    """Metrics of an (n_images, n_captions) score matrix, each both ways ("i2t_", "t2i_"): R@1/5/10
+    and rsum; with graded relevance NDCG@k (and its mean over the directions, "ndcg@k"). With
+    `rank_metrics` also mAP@R, R-Precision and, with relevance, Kendall tau (O(Q * N^2): the
+    slow part). The text-to-image rows are `scores_t2i` when given, else scores.T."""
+    out = recall_at_k(scores, caption_owner, scores_t2i=scores_t2i)
+    st = _t2i(scores, scores_t2i)
+    if rank_metrics:
+        owner = caption_owner.to(scores.device)
+        pos = owner[None, :] == torch.arange(scores.shape[0], device=scores.device)[:, None]
+        for name, sc, p in (("i2t", scores, pos), ("t2i", st, pos.T)):
+            out[f"{name}_map_r"], out[f"{name}_r_precision"] = map_at_r(sc, p)
     if relevance_i2t is not None:
         check.like_scores(relevance_i2t, scores, "relevance_i2t")
-        for name, sc, rel in (("i2t", scores, relevance_i2t), ("t2i", scores.T, relevance_i2t.T)):
+        for name, sc, rel in (("i2t", scores, relevance_i2t), ("t2i", st, relevance_i2t.T)):
             out[f"{name}_ndcg@{k}"] = ndcg_at_k(sc, rel, k)
-            out[f"{name}_kendall_tau"] = kendall_tau(sc, rel)
+            if rank_metrics:
+                out[f"{name}_kendall_tau"] = kendall_tau(sc, rel)
         out[f"ndcg@{k}"] = (out[f"i2t_ndcg@{k}"] + out[f"t2i_ndcg@{k}"]) / 2
-        out["kendall_tau"] = (out["i2t_kendall_tau"] + out["t2i_kendall_tau"]) / 2
+        if rank_metrics:
+            out["kendall_tau"] = (out["i2t_kendall_tau"] + out["t2i_kendall_tau"]) / 2
     return out

@@ -286,28 +286,13 @@ def base_similarities(model, split):
     return {"i2t": img @ txt.T, "i2i": img @ img.T, "t2t": txt @ txt.T}
 
 
-def _both_directions(i2t_scores, t2i_scores, split, k):
-    """R@1/5/10, rsum and NDCG@k, the i2t ones from the i2t matrix, the t2i ones from the t2i matrix."""
-    from . import metrics
-    rel = split.relevance()
-    a = metrics.recall_at_k(i2t_scores, split.owner)
-    b = metrics.recall_at_k(t2i_scores.T.contiguous(), split.owner)
-    out = {key: v for key, v in a.items() if key.startswith("i2t")}
-    out.update({key: v for key, v in b.items() if key.startswith("t2i")})
-    out["rsum"] = sum(out[f"{d}_r{n}"] for d in ("i2t", "t2i") for n in (1, 5, 10))
-    out[f"i2t_ndcg@{k}"] = metrics.ndcg_at_k(i2t_scores, rel, k)
-    out[f"t2i_ndcg@{k}"] = metrics.ndcg_at_k(t2i_scores, rel.T, k)
-    out[f"ndcg@{k}"] = (out[f"i2t_ndcg@{k}"] + out[f"t2i_ndcg@{k}"]) / 2
-    return out
-
-
 def run(checkpoint_path, cfg, log=print):
     """Train the re-rankers on the train split of a train.py checkpoint's model and report the test
     metrics before and after re-ranking."""
     import json
     import time
 
-    from . import checkpoint
+    from . import checkpoint, metrics
     from .data.loading import load_data
     from .vse import VSEModel
     device = torch.device("cuda" if cfg["device"] == "auto" and torch.cuda.is_available()
@@ -330,8 +315,8 @@ def run(checkpoint_path, cfg, log=print):
     new_i2t, new_t2i = apply(models["i2t"], i2t, sims["i2t"]), apply(models["t2i"], t2i, sims["i2t"].T)
     seconds = time.perf_counter() - t0
     k = tcfg["eval_k"]
-    before = _both_directions(sims["i2t"], sims["i2t"].T, test, k)
-    after = _both_directions(new_i2t, new_t2i, test, k)
+    before = metrics.evaluate(sims["i2t"], test.owner, test.relevance(), k, rank_metrics=False)
+    after = metrics.evaluate(new_i2t, test.owner, test.relevance(), k, scores_t2i=new_t2i, rank_metrics=False)
     report = {"checkpoint": checkpoint_path, "config": cfg, "train_loss": history, "rerank_seconds": seconds,
               "before": before, "after": after}
     out = cfg["out"] or os.path.join(os.path.dirname(checkpoint_path), "rerank_report.json")

@@ -127,3 +127,18 @@ def test_bad_inputs():
         metrics.map_at_r(s, torch.ones(3, 6))
     with pytest.raises(ValueError, match="scores"):
         metrics.kendall_tau(torch.rand(6), torch.rand(6))
+
+
+def test_separate_t2i_matrix(gen):
+    scores, owner = random_split(gen)
+    rel = torch.rand(scores.shape, generator=gen)
+    assert metrics.evaluate(scores, owner, rel, scores_t2i=scores.T.clone()) == metrics.evaluate(scores, owner, rel)
+    # a different text-to-image matrix changes only the t2i numbers
+    flipped = metrics.evaluate(scores, owner, rel, scores_t2i=-scores.T, rank_metrics=False)
+    plain = metrics.evaluate(scores, owner, rel, rank_metrics=False)
+    assert {k: v for k, v in flipped.items() if k.startswith("i2t")} == {k: v for k, v in plain.items()
+                                                                       if k.startswith("i2t")}
+    assert flipped["t2i_r1"] != plain["t2i_r1"] or flipped["t2i_ndcg@10"] != plain["t2i_ndcg@10"]
+    assert "kendall_tau" not in plain and "i2t_map_r" not in plain
+    with pytest.raises(ValueError, match="scores_t2i"):
+        metrics.evaluate(scores, owner, rel, scores_t2i=scores)
