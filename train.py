@@ -28,7 +28,7 @@ from itr_kernels import checkpoint, metrics
 from itr_kernels.distributed import GlobalBatchLoss, world_and_rank
 from itr_kernels.config import load_config
 from itr_kernels.data import rsc_relevance
-from itr_kernels.data.loading import load_data
+from itr_kernels.data.loading import load_data, pick_device
 from itr_kernels.vse import VSEModel
 
 LOSSES = {"triplet": ik.TripletLoss, "listwise": ik.ListwiseITRLoss, "bcls": ik.BCLSLoss}
@@ -43,18 +43,6 @@ def make_loss(name, args):
     if unknown:
         raise ValueError(f"loss_args: unknown argument(s) {unknown} for loss {name!r}; it takes {accepted}")
     return cls(**args)
-
-
-def pick_device(name):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: CUDA is not available here")
-    if dev.type == "cuda" and "LOCAL_RANK" in os.environ:     # torchrun: one GPU per process
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-        torch.cuda.set_device(dev)
-    return dev
 
 
 def init_distributed(device):

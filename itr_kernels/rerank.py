@@ -293,10 +293,9 @@ def run(checkpoint_path, cfg, log=print):
     import time
 
     from . import checkpoint, metrics
-    from .data.loading import load_data
+    from .data.loading import load_data, pick_device
     from .vse import VSEModel
-    device = torch.device("cuda" if cfg["device"] == "auto" and torch.cuda.is_available()
-                          else "cpu" if cfg["device"] == "auto" else cfg["device"])
+    device = pick_device(cfg["device"])
     ckpt = checkpoint.load(checkpoint_path)
     tcfg = dict(ckpt["config"], progress=False)
     splits = load_data(tcfg, device, log)

@@ -1,12 +1,24 @@
-"""The three splits of a configured data set on the training device, as train.py and the
-re-ranker read them."""
+"""The training device and the three splits of a configured data set on it, as train.py and
+the re-ranker use them."""
 import os
 
-import numpy as np
 import torch
 
 from .precomp import load_split
 from .text import caption_encoder, encode_captions, rsc_relevance
+
+
+def pick_device(name):
+    """"auto", "cpu", "cuda" or "cuda:N"; under torchrun a process takes the GPU of its LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available here")
+    if dev.type == "cuda" and "LOCAL_RANK" in os.environ:     # torchrun: one GPU per process
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(dev)
+    return dev
 
 
 class Split:
@@ -15,7 +27,7 @@ class Split:
 
     def __init__(self, data, text_feats, device):
         self.m = data.m
-        self.images = torch.from_numpy(np.ascontiguousarray(data.images)).to(device)
+        self.images = torch.from_numpy(data.images).to(device)   # load_split made a contiguous copy
         self.texts = torch.from_numpy(text_feats).to(device)
         self.owner = torch.from_numpy(data.caption_owner()).to(device)
         self.n_images = data.n_images
