@@ -53,3 +53,16 @@ def assert_close_to_truth(fused, truth, same_precision_ref, dtype, rtol32=1e-5, 
     else:
         ref_err = (same_precision_ref.double() - truth).norm().item()
         assert err <= 2 * ref_err + 2 * torch.finfo(dtype).eps * scale + atol, (err, ref_err, scale)
+
+
+def assert_compiles_to_same(step, scores, relevance):
+    """step(scores, relevance) under torch.compile(fullgraph=True) gives the eager value and gradient."""
+    compiled = torch.compile(step, fullgraph=True)
+    outs = []
+    for fn in (step, compiled):
+        s = scores.clone().requires_grad_()
+        loss = fn(s, relevance)
+        loss.backward()
+        outs.append((loss.detach(), s.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])

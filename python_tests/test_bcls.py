@@ -6,7 +6,7 @@ import torch
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import ALL_DTYPES, assert_close_to_truth, cosine_scores, inputs, run
+from helpers import ALL_DTYPES, assert_close_to_truth, assert_compiles_to_same, cosine_scores, inputs, run
 
 
 def _check_parity(fn_fused, fn_ref, scores, args, kw, dtype, loss_atol=1e-6):
@@ -208,15 +208,7 @@ def test_compile_bcls(device, gen):
     rel = torch.rand(b, b, generator=gen).to(device)
     loss_fn = ik.BCLSLoss(window=4)
     full = ik.KendallRankLoss(phi="logistic")
-    compiled = torch.compile(lambda s, r: loss_fn(s, r) + full(s, r), fullgraph=True)
-    outs = []
-    for fn in (lambda s, r: loss_fn(s, r) + full(s, r), compiled):
-        s = scores.clone().requires_grad_()
-        loss = fn(s, rel)
-        loss.backward()
-        outs.append((loss.detach(), s.grad))
-    torch.testing.assert_close(outs[0][0], outs[1][0])
-    torch.testing.assert_close(outs[0][1], outs[1][1])
+    assert_compiles_to_same(lambda s, r: loss_fn(s, r) + full(s, r), scores, rel)
 
 
 # ---- modules and section-6 losses ----

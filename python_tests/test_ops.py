@@ -5,7 +5,7 @@ import torch
 
 import itr_kernels as ik
 
-from helpers import cosine_scores
+from helpers import assert_compiles_to_same, cosine_scores
 
 
 def _op_samples(device, gen):
@@ -41,15 +41,7 @@ def test_compile_fullgraph(device, gen):
     def step(s, r):
         return loss_fn(s, r) + ik.smooth_rank(s, 0.1).mean() * 1e-3
 
-    compiled = torch.compile(step, fullgraph=True)
-    outs = []
-    for fn in (step, compiled):
-        s = scores.clone().requires_grad_()
-        loss = fn(s, rel)
-        loss.backward()
-        outs.append((loss.detach(), s.grad))
-    torch.testing.assert_close(outs[0][0], outs[1][0])
-    torch.testing.assert_close(outs[0][1], outs[1][1])
+    assert_compiles_to_same(step, scores, rel)
 
 
 def test_build_info():
