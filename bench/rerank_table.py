@@ -7,15 +7,14 @@ table (the README's).
     python bench/rerank_table.py train_split=dev       # or with a re-ranker fit on the dev split
 """
 import argparse
-import csv
 import os
-import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from itr_kernels import rerank  # noqa: E402
 from itr_kernels.config import CONFIG_DIR, load_config  # noqa: E402
+from tables import print_mean_std_table, write_csv  # noqa: E402
 
 KEYS = [("i2t_r1", "R@1 i2t"), ("i2t_r5", "R@5 i2t"), ("i2t_r10", "R@10 i2t"), ("t2i_r1", "R@1 t2i"),
         ("t2i_r5", "R@5 t2i"), ("t2i_r10", "R@10 t2i"), ("rsum", "rsum"), ("ndcg@10", "NDCG@10")]
@@ -39,23 +38,10 @@ def main():
         print(f"seed {seed}: rsum {rep['before']['rsum']:.1f} -> {rep['after']['rsum']:.1f}", flush=True)
     split = rows[0]["train_split"]
     out = os.path.join(ROOT, "bench", "results", f"rerank_emoji_cpu_{split}.csv")
-    with open(out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print("\n| | " + " | ".join(n for _, n in KEYS) + " |")
-    print("| --- |" + " ---: |" * len(KEYS))
+    write_csv(out, rows)
     by = {when: [r for r in rows if r["when"] == when] for when in ("before", "after")}
     by["change"] = [{k: a_[k] - b_[k] for k, _ in KEYS} for a_, b_ in zip(by["after"], by["before"])]
-    for when, rs in by.items():
-        cells = []
-        for k, _ in KEYS:
-            v = [r[k] for r in rs]
-            d = 4 if k == "ndcg@10" else 1
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            sign = "+" if when == "change" and statistics.mean(v) >= 0 else ""
-            cells.append(f"{sign}{statistics.mean(v):.{d}f} ± {sd:.{d}f}")
-        print(f"| {when} | " + " | ".join(cells) + " |")
+    print_mean_std_table("", KEYS, by, signed=("change",))
     print(f"\nwrote {out}")
 
 

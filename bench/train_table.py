@@ -6,15 +6,14 @@ Markdown table (the README's).
     python bench/train_table.py --seeds 0 1 2 3 4 data=/path/to/f30k_precomp
 """
 import argparse
-import csv
 import os
-import statistics
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train  # noqa: E402
 from itr_kernels.config import load_config  # noqa: E402
+from tables import print_mean_std_table, write_csv  # noqa: E402
 
 COLUMNS = [("i2t_r1", "R@1 i2t"), ("i2t_r5", "R@5 i2t"), ("i2t_r10", "R@10 i2t"), ("t2i_r1", "R@1 t2i"),
            ("t2i_r5", "R@5 t2i"), ("t2i_r10", "R@10 t2i"), ("rsum", "rsum"), ("ndcg@10", "NDCG@10"),
@@ -36,21 +35,8 @@ def main():
             test = train.run(cfg, log=lambda *_: None)["test"]
             rows.append({"loss": loss, "seed": seed, **{k: test[k] for k, _ in COLUMNS}})
             print(f"{loss} seed {seed}: rsum {test['rsum']:.1f}  NDCG@10 {test['ndcg@10']:.4f}", flush=True)
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    print("\n| loss | " + " | ".join(name for _, name in COLUMNS) + " |")
-    print("| --- |" + " ---: |" * len(COLUMNS))
-    for loss in a.losses:
-        cells = []
-        for key, _ in COLUMNS:
-            v = [r[key] for r in rows if r["loss"] == loss]
-            digits = 4 if key in ("ndcg@10", "kendall_tau") else 1
-            sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            cells.append(f"{statistics.mean(v):.{digits}f} ± {sd:.{digits}f}")
-        print(f"| {loss} | " + " | ".join(cells) + " |")
+    write_csv(a.out, rows)
+    print_mean_std_table("loss", COLUMNS, {loss: [r for r in rows if r["loss"] == loss] for loss in a.losses})
     print(f"\nwrote {a.out}")
 
 
