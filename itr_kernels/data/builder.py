@@ -86,7 +86,6 @@ class ImageEncoder:
         self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         self.model.eval().to(device)
         self.device = device
-        self.dim = 1280
 
     @staticmethod
     def load_image(path):

