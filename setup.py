@@ -12,12 +12,15 @@ Environment:
 """
 import glob
 import os
+import re
 
 import torch
 from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# The one version string: itr_kernels/__init__.py
+VERSION = re.search(r'^__version__ = "([^"]+)"', open(os.path.join(ROOT, "itr_kernels", "__init__.py")).read(), re.M).group(1)
 MODE = os.environ.get("ITR_KERNELS_BUILD", "auto").lower()
 if MODE not in ("auto", "cpu", "cuda"):
     raise SystemExit(f"ITR_KERNELS_BUILD must be auto, cpu or cuda, got {MODE!r}")
@@ -77,13 +80,27 @@ ext = extension(
     extra_link_args=["-fopenmp"],
 )
 
+
+def read_requirements(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+
 setup(
     name="itr_kernels",
-    version="0.1.0",
-    description="Fused CPU/CUDA ranking losses for image-text retrieval (Smooth-NDCG, listwise ITR, triplet)",
-    packages=find_packages(include=["itr_kernels", "itr_kernels.*"]),
+    version=VERSION,
+    description="Fused CPU/CUDA ranking losses for image-text retrieval (Smooth-NDCG, listwise ITR, BCLS, triplet)",
+    # The kernel library, its training application (itr_kernels.app, the `train` extra), and the
+    # repository's configs/ packaged as itr_kernels.app.configs so an installed wheel finds them.
+    packages=find_packages(include=["itr_kernels", "itr_kernels.*"]) + ["itr_kernels.app.configs"],
+    package_dir={"itr_kernels.app.configs": "configs"},
+    package_data={"itr_kernels.app.configs": ["*.yaml"]},
     ext_modules=[ext],
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
+    # The binary is tied to the torch it was compiled against (itr_kernels checks it at import).
+    install_requires=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+    extras_require={"train": read_requirements("requirements-train.txt")},
+    entry_points={"console_scripts": ["itr-train=itr_kernels.app:train_main",
+                                      "itr-rerank=itr_kernels.app:rerank_main"]},
 )

@@ -16,8 +16,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import train  # noqa: E402
-from itr_kernels.vse import VSEModel  # noqa: E402
+from itr_kernels.app import train  # noqa: E402
+from itr_kernels.app.vse import VSEModel  # noqa: E402
 
 
 class _NoBar:

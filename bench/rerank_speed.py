@@ -14,7 +14,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from itr_kernels import rerank  # noqa: E402
+from itr_kernels.app import rerank  # noqa: E402
 
 
 def main():

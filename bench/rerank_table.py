@@ -12,8 +12,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from itr_kernels import rerank  # noqa: E402
-from itr_kernels.config import CONFIG_DIR, load_config  # noqa: E402
+from itr_kernels.app import rerank  # noqa: E402
+from itr_kernels.app.config import CONFIG_DIR, load_config  # noqa: E402
 from tables import print_mean_std_table, write_csv  # noqa: E402
 
 KEYS = [("i2t_r1", "R@1 i2t"), ("i2t_r5", "R@5 i2t"), ("i2t_r10", "R@10 i2t"), ("t2i_r1", "R@1 t2i"),

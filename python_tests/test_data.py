@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from itr_kernels.data import builder, load_split, rsc_relevance, write_split
-from itr_kernels.data.text import TfidfEncoder, caption_encoder, encode_captions, tokenize
+from itr_kernels.app.data import builder, load_split, rsc_relevance, write_split
+from itr_kernels.app.data.text import TfidfEncoder, caption_encoder, encode_captions, tokenize
 
 
 def make_split(root, split, n, m, dim=6, regions=None, rng=None):

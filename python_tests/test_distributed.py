@@ -44,7 +44,7 @@ def test_two_process_training_matches_one_process_on_the_global_batch(tmp_path):
     data = make_tiny_data(tmp_path)
     common = dict(epochs=2, dropout=0.0, loss="listwise")
     single = cfg_for(data, tmp_path / "one", batch_size=32, **common)
-    import train
+    from itr_kernels.app import train
     train.run(single, log=lambda *_: None)
     overrides = [f"{k}={v}" for k, v in dict(single, batch_size=16, out_dir=tmp_path / "two").items()
                  if not isinstance(v, dict)]

@@ -3,7 +3,7 @@ top-K-only guarantee, learning on a tiny problem, and bad inputs."""
 import pytest
 import torch
 
-from itr_kernels import rerank
+from itr_kernels.app import rerank
 
 
 def sims(gen, n_img=12, m=2, dim=6):
@@ -125,8 +125,8 @@ def test_bad_inputs(gen):
 def test_command_end_to_end_on_a_trained_model(tmp_path, train_split):
     import json
 
-    import train
-    from itr_kernels.config import CONFIG_DIR, load_config
+    from itr_kernels.app import train
+    from itr_kernels.app.config import CONFIG_DIR, load_config
     from test_train import cfg_for, make_tiny_data
     data = make_tiny_data(tmp_path)
     train.run(cfg_for(data, tmp_path / "run", epochs=2), log=lambda *_: None)

@@ -2,18 +2,14 @@
 exact resume after a crash mid-epoch, and refusing a checkpoint from another config."""
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from itr_kernels import checkpoint
-from itr_kernels.config import ConfigError, load_config, parse_overrides
-from itr_kernels.data import write_split
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import train  # noqa: E402
+from itr_kernels.app import checkpoint, train
+from itr_kernels.app.config import CONFIG_DIR, ConfigError, load_config, parse_overrides
+from itr_kernels.app.data import write_split
 
 pytest.importorskip("yaml")
 
@@ -22,7 +18,7 @@ def test_default_config_and_overrides():
     cfg = load_config(None, ["lr=1e-3", "epochs=3", "loss_args.weight=0.25", "data_root=/x"])
     assert cfg["lr"] == 1e-3 and cfg["epochs"] == 3 and cfg["loss_args"] == {"weight": 0.25}
     assert cfg["loss"] == "listwise"
-    bcls = load_config(os.path.join(train.__file__.rsplit(os.sep, 1)[0], "configs", "bcls.yaml"), ["seed=4"])
+    bcls = load_config(os.path.join(CONFIG_DIR, "bcls.yaml"), ["seed=4"])
     assert bcls["loss"] == "bcls" and bcls["seed"] == 4 and bcls["loss_args"]["mu"] == 1.0
     assert parse_overrides(["a.b=[1, 2]", "c="]) == {"a": {"b": [1, 2]}, "c": None}
 

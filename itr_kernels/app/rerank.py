@@ -292,7 +292,9 @@ def run(checkpoint_path, cfg, log=print):
     import json
     import time
 
-    from . import checkpoint, metrics
+    from itr_kernels import metrics
+
+    from . import checkpoint
     from .data.loading import load_data, pick_device
     from .vse import VSEModel
     device = pick_device(cfg["device"])
@@ -331,7 +333,7 @@ def run(checkpoint_path, cfg, log=print):
 
 def main(argv=None):
     from .config import CONFIG_DIR, load_config
-    p = argparse.ArgumentParser(prog="python -m itr_kernels.rerank", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m itr_kernels.app.rerank", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a train.py checkpoint, e.g. runs/listwise/best.pt")
     p.add_argument("--config", default=None, help="YAML overriding configs/rerank.yaml")

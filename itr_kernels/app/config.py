@@ -5,9 +5,21 @@ so a typo never passes silently. Files are read with yaml.safe_load."""
 import difflib
 import os
 
-import yaml
+from . import require
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+require("yaml")
+import yaml  # noqa: E402
+
+
+def _config_dir():
+    """The repository's configs/ in a source checkout; in an installed wheel, the same files
+    packaged as itr_kernels/app/configs (setup.py maps that package onto configs/)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    checkout = os.path.join(os.path.dirname(os.path.dirname(here)), "configs")
+    return checkout if os.path.isfile(os.path.join(checkout, "default.yaml")) else os.path.join(here, "configs")
+
+
+CONFIG_DIR = _config_dir()
 DEFAULT_PATH = os.path.join(CONFIG_DIR, "default.yaml")
 # Keys that may differ between a checkpoint and the run that resumes it: they change where and
 # how a run reports, never what it computes.
