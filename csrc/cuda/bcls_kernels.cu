@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda/device_utils.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/launchers.h"
 #include "itr_kernels/bcls_math.h"
 
@@ -248,10 +249,10 @@ cudaError_t triplet_sn(Matrix scores, const void* relevance_acc, double margin, 
     const T* rel = static_cast<const T*>(relevance_acc);
     In* out = static_cast<In*>(loss);
     T* l = static_cast<T*>(lse);
-    triplet_sn_rows<In><<<row_grid(b), kThreads, 0, stream>>>(s, b, scores.row_stride, scores.col_stride, rel,
+    launch<triplet_sn_rows<In>>(row_grid(b), kThreads, stream, s, b, scores.row_stride, scores.col_stride, rel,
                                                               margin, temperature, rho, out, l);
     const unsigned col_blocks = static_cast<unsigned>((b + kColsPerBlock - 1) / kColsPerBlock);
-    triplet_sn_cols<In><<<col_blocks, kThreads, 0, stream>>>(s, b, scores.row_stride, scores.col_stride, rel, margin,
+    launch<triplet_sn_cols<In>>(col_blocks, kThreads, stream, s, b, scores.row_stride, scores.col_stride, rel, margin,
                                                              temperature, rho, out + b, l + b);
   });
 }
@@ -263,7 +264,7 @@ cudaError_t triplet_sn_backward(Matrix scores, const void* relevance_acc, const 
   return dispatch(scores.dtype, [&](auto in) {
     using In = decltype(in);
     using T = typename Traits<In>::Acc;
-    triplet_sn_grad<In><<<flat_grid(b * b), kThreads, 0, stream>>>(
+    launch<triplet_sn_grad<In>>(flat_grid(b * b), kThreads, stream,
         static_cast<const In*>(scores.data), b, scores.row_stride, scores.col_stride,
         static_cast<const T*>(relevance_acc), static_cast<const T*>(grad_acc), static_cast<const T*>(lse_acc), margin,
         temperature, rho, static_cast<In*>(out));
@@ -290,18 +291,18 @@ cudaError_t kendall_full(Matrix scores, const void* relevance_acc, const bool* v
     In* g = static_cast<In*>(grad);
     switch (static_cast<Phi>(phi)) {
       case Phi::kHinge:
-        kendall_kernel<In, Phi::kHinge><<<grid, kThreads, 0, stream>>>(rows, q, rel, gap, margin, temperature,
+        launch<kendall_kernel<In, Phi::kHinge>>(grid, kThreads, stream, rows, q, rel, gap, margin, temperature,
                                                                        part_sum, part_count, g);
         break;
       case Phi::kLogistic:
-        kendall_kernel<In, Phi::kLogistic><<<grid, kThreads, 0, stream>>>(rows, q, rel, gap, margin, temperature,
+        launch<kendall_kernel<In, Phi::kLogistic>>(grid, kThreads, stream, rows, q, rel, gap, margin, temperature,
                                                                           part_sum, part_count, g);
         break;
       default:
-        kendall_kernel<In, Phi::kTanh><<<grid, kThreads, 0, stream>>>(rows, q, rel, gap, margin, temperature,
+        launch<kendall_kernel<In, Phi::kTanh>>(grid, kThreads, stream, rows, q, rel, gap, margin, temperature,
                                                                       part_sum, part_count, g);
     }
-    kendall_rows<In><<<flat_grid(q), kThreads, 0, stream>>>(part_sum, part_count, q, tiles, static_cast<In*>(sums),
+    launch<kendall_rows<In>>(flat_grid(q), kThreads, stream, part_sum, part_count, q, tiles, static_cast<In*>(sums),
                                                             counts);
   });
 }
@@ -314,7 +315,7 @@ cudaError_t kendall_swhs(Matrix scores, const void* relevance_acc, const int64_t
   return dispatch(scores.dtype, [&](auto in) {
     using In = decltype(in);
     using T = typename Traits<In>::Acc;
-    swhs_kernel<In><<<flat_grid(q * steps), kThreads, 0, stream>>>(reader<In>(scores, nullptr), q,
+    launch<swhs_kernel<In>>(flat_grid(q * steps), kThreads, stream, reader<In>(scores, nullptr), q,
                                                                    static_cast<const T*>(relevance_acc), order,
                                                                    n_valid, window, stride, steps, gap, upper, lower,
                                                                    keep);

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "cuda/device_utils.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/launchers.h"
 #include "itr_kernels/ranking_math.h"
 
@@ -150,7 +151,7 @@ cudaError_t smooth_rank(Matrix scores, const bool* valid, double tau, void* out,
   if (scores.rows == 0 || scores.cols == 0) return cudaSuccess;
   return dispatch(scores.dtype, [&](auto in) {
     using In = decltype(in);
-    rank_kernel<In, In><<<sweep_grid(scores.rows, scores.cols), kThreads, 0, stream>>>(
+    launch<rank_kernel<In, In>>(sweep_grid(scores.rows, scores.cols), kThreads, stream,
         reader<In>(scores, valid), scores.rows, tau, static_cast<In*>(out));
   });
 }
@@ -161,7 +162,7 @@ cudaError_t smooth_rank_backward(Matrix scores, const bool* valid, const void* c
   if (coef_dtype != scores.dtype) return cudaErrorInvalidValue;  // the binding casts grad to the scores' dtype
   return dispatch(scores.dtype, [&](auto in) {
     using In = decltype(in);
-    grad_kernel<In, In, In><<<sweep_grid(scores.rows, scores.cols), kThreads, 0, stream>>>(
+    launch<grad_kernel<In, In, In>>(sweep_grid(scores.rows, scores.cols), kThreads, stream,
         reader<In>(scores, valid), scores.rows, static_cast<const In*>(coef), tau, static_cast<In*>(out));
   });
 }
@@ -179,13 +180,13 @@ cudaError_t smooth_ndcg(Matrix scores, const bool* valid, const void* relevance_
     Acc* coef = rhat + q * n;
     Acc* ideal = static_cast<Acc*>(idcg);
     const RowReader<In> rows = reader<In>(scores, valid);
-    ndcg_gain_kernel<Acc><<<row_grid(q), kThreads, 0, stream>>>(static_cast<const Acc*>(relevance_acc), order,
+    launch<ndcg_gain_kernel<Acc>>(row_grid(q), kThreads, stream, static_cast<const Acc*>(relevance_acc), order,
                                                                 set_size, q, n, linear_gain, gain, ideal);
-    rank_kernel<In, Acc><<<sweep_grid(q, n), kThreads, 0, stream>>>(rows, q, tau, rhat);
-    ndcg_loss_kernel<Acc, In><<<row_grid(q), kThreads, 0, stream>>>(gain, rhat, ideal, q, n, static_cast<In*>(loss),
+    launch<rank_kernel<In, Acc>>(sweep_grid(q, n), kThreads, stream, rows, q, tau, rhat);
+    launch<ndcg_loss_kernel<Acc, In>>(row_grid(q), kThreads, stream, gain, rhat, ideal, q, n, static_cast<In*>(loss),
                                                                     grad ? coef : nullptr);
     if (grad)
-      grad_kernel<In, Acc, In><<<sweep_grid(q, n), kThreads, 0, stream>>>(rows, q, coef, tau, static_cast<In*>(grad));
+      launch<grad_kernel<In, Acc, In>>(sweep_grid(q, n), kThreads, stream, rows, q, coef, tau, static_cast<In*>(grad));
   });
 }
 
