@@ -58,6 +58,16 @@ def _triplet_args(scores, margin, reduction, positives=None):
     check.choice(reduction, "reduction", REDUCTIONS)
 
 
+def _infonce_args(scores, temperature, reduction, positives=None):
+    if positives is None:
+        check.square(scores)
+    else:
+        check.scores(scores)
+        check.positive_columns(positives, scores)
+    check.positive(temperature, "temperature")
+    check.choice(reduction, "reduction", REDUCTIONS)
+
+
 def smooth_rank(scores, tau=0.01, valid=None):
     """Smooth (sigmoid-relaxed) rank of every candidate in its row:
     ``1 + sum_{k != j, valid} sigmoid((S[q,k] - S[q,j]) / tau)``; 0 at masked entries.
@@ -105,4 +115,44 @@ def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean", posit
         per_row = torch.stack([i2t.amax(dim=1), t2i.amax(dim=0)])
     else:
         per_row = torch.stack([i2t.sum(dim=1), t2i.sum(dim=0)])
+    return reduce_rows(per_row, None, reduction)
+
+
+def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str = "mean",
+                 positives: torch.Tensor | None = None) -> torch.Tensor:
+    r"""InfoNCE (CLIP's contrastive loss) on in-batch scores, both directions.
+
+    For a query row :math:`q` with positive column :math:`p`:
+    :math:`L[q] = \log \sum_j \exp(S[q, j] / T) - S[q, p] / T` (every candidate in the sum, the
+    positive included), i.e. ``F.cross_entropy(S / T, p)`` per query. On a square in-batch matrix
+    the positives are on the diagonal; rows are image-to-text queries and columns text-to-image
+    queries.
+
+    Args:
+        scores: (B, B) in-batch scores, or (Q, N) rows against a global batch with ``positives``.
+        temperature: T > 0; the logits are ``scores / T`` (CLIP's logit scale is 1 / T).
+        reduction: ``"mean"``: the average of the two directions' means (as CLIP does);
+            ``"sum"``: the sum over every query of both directions; ``"none"``: per query.
+        positives: (Q,) integer column of each row's positive, for rectangular scores; then only
+            the rows are queries.
+
+    Shape:
+        ``"none"``: (2, B) [image-to-text, text-to-image] for square scores, (Q,) with positives.
+        Otherwise a scalar.
+
+    Returns:
+        The loss, in the dtype of ``scores``.
+
+    Example:
+        >>> s = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+        >>> loss = infonce_loss(s @ s.T, temperature=0.05)
+    """
+    _infonce_args(scores, temperature, reduction, positives)
+    logits = scores / temperature
+    if positives is not None:
+        col = positives.long()[:, None]
+        per_row = torch.logsumexp(logits, dim=1) - logits.gather(1, col)[:, 0]
+        return reduce_rows(per_row, None, reduction)
+    diag = logits.diagonal()
+    per_row = torch.stack([torch.logsumexp(logits, dim=1) - diag, torch.logsumexp(logits, dim=0) - diag])
     return reduce_rows(per_row, None, reduction)

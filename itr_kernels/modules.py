@@ -1,5 +1,8 @@
 """nn.Module forms of the losses. Each takes its functions from `impl`, so that the reference
 (itr_kernels.reference) reuses the same composition over its pure-PyTorch functions."""
+import math
+
+import torch
 from torch import nn
 
 from . import _validate as check
@@ -121,6 +124,62 @@ class TripletLoss(_VSETripletPart):
         if relevance_i2t is None:   # unused; _directions checks it is a tensor
             relevance_i2t = scores.detach()
         return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)[2]
+
+
+class InfoNCELoss(_BothDirections):
+    r"""InfoNCE (CLIP's contrastive loss, `infonce_loss`) as a module with the in-batch signature of
+    the others.
+
+    Args:
+        temperature: T > 0, or the initial T when learned.
+        learn_temperature: learn CLIP's logit scale: a parameter ``logit_scale`` = log(1 / T),
+            used as ``exp(logit_scale)`` clamped to at most 100 (CLIP's bound; the gradient stops
+            there, as CLIP's in-place clamp stops the parameter).
+
+    Shape:
+        forward(scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None):
+        square (B, B) ``scores``, or rectangular image-to-text rows ``scores`` and text-to-image
+        rows ``scores_t2i`` (Q, N) with ``positives`` (Q,) against a global batch
+        (itr_kernels.distributed). Relevance is not used. Returns a scalar: the average of the
+        two directions' means.
+
+    Example:
+        >>> loss_fn = InfoNCELoss(learn_temperature=True)
+        >>> img, txt = torch.randn(8, 4), torch.randn(8, 4)
+        >>> loss = loss_fn(img @ txt.T)   # optimise loss_fn.parameters() with the model's
+    """
+
+    impl = losses
+    MAX_LOGIT_SCALE = 100.0
+
+    def __init__(self, temperature: float = 0.05, learn_temperature: bool = False):
+        super().__init__()
+        check.positive(temperature, "temperature")
+        self.temperature, self.learn_temperature = temperature, bool(learn_temperature)
+        if self.learn_temperature:
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)))
+
+    def logit_scale_value(self) -> torch.Tensor | float:
+        """The scale 1 / T the logits use now (a tensor that carries the gradient when learned)."""
+        if self.learn_temperature:
+            return self.logit_scale.clamp(max=math.log(self.MAX_LOGIT_SCALE)).exp()
+        return 1 / self.temperature
+
+    def forward(self, scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None):
+        if relevance_i2t is None:   # unused; _directions checks it is a tensor
+            relevance_i2t = scores.detach()
+        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)[2]
+
+    def _pair_loss(self, scores, relevance, positives=None):
+        if self.learn_temperature:   # the scale's gradient flows through the product
+            scores = scores * self.logit_scale_value().to(scores.dtype)
+            return self.impl.infonce_loss(scores, 1.0, "mean", positives)
+        return self.impl.infonce_loss(scores, self.temperature, "mean", positives)
+
+    _pair_reduction = "mean"
+
+    def extra_repr(self):
+        return f"temperature={self.temperature}, learn_temperature={self.learn_temperature}"
 
 
 class TripletSNLoss(nn.Module):

@@ -10,7 +10,7 @@ from . import bcls, modules
 from ._ops import swhs_steps
 from .bcls import listnet_loss  # noqa: F401  (already plain tensor code: O(Q*N), nothing to fuse)
 from .bcls import phi_value
-from .losses import _smooth_ndcg_args, _smooth_rank_args, _triplet_args, reduce_rows
+from .losses import _infonce_args, _smooth_ndcg_args, _smooth_rank_args, _triplet_args, reduce_rows
 
 
 def _valid_or_all(valid, scores):
@@ -69,6 +69,17 @@ def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean", posit
     for m in (scores, scores.T):  # image-to-text rows, then text-to-image rows
         hinge = torch.where(negatives, (margin + m - m.diagonal().unsqueeze(1)).clamp(min=0), 0)
         per_direction.append(hinge.amax(dim=1) if max_violation else hinge.sum(dim=1))
+    return reduce_rows(torch.stack(per_direction), None, reduction)
+
+
+def infonce_loss(scores, temperature=0.05, reduction="mean", positives=None):
+    _infonce_args(scores, temperature, reduction, positives)
+    if positives is not None:   # rows only: cross-entropy of each row against its positive column
+        return reduce_rows(torch.nn.functional.cross_entropy(scores / temperature, positives.long(), reduction="none"),
+                           None, reduction)
+    target = torch.arange(scores.shape[0], device=scores.device)
+    per_direction = [torch.nn.functional.cross_entropy(m / temperature, target, reduction="none")
+                     for m in (scores, scores.T)]   # image-to-text rows, then text-to-image rows
     return reduce_rows(torch.stack(per_direction), None, reduction)
 
 
@@ -143,6 +154,10 @@ class ListwiseITRLoss(modules.ListwiseITRLoss):
 
 
 class TripletLoss(modules.TripletLoss):
+    impl = sys.modules[__name__]
+
+
+class InfoNCELoss(modules.InfoNCELoss):
     impl = sys.modules[__name__]
 
 
