@@ -1,5 +1,5 @@
 """Loads the compiled kernels and registers, for every op, its fake kernel (shapes for
-torch.compile) and its autograd formula. The schemas live in csrc/ops.cpp."""
+torch.compile) and its autograd formula. The schemas live in csrc/op_schemas.h."""
 import json
 
 import torch
@@ -18,6 +18,8 @@ if _COMPILED["torch_version"] != torch.__version__:
         f"is installed; {_REBUILD}"
     )
 
+# The ops the public API calls, looked up at each call (losses.py, bcls.py: `_ops.ops.<op>`), so
+# that the tests can route the API to the CPU emulation of the CUDA kernels (itr_kernels_emu).
 ops = torch.ops.itr_kernels
 
 
@@ -32,43 +34,90 @@ def build_info():
     return info
 
 
-# ---- fake kernels: output metadata only ----
-
-@torch.library.register_fake("itr_kernels::smooth_rank")
-def _smooth_rank_fake(scores, valid, tau):
-    return scores.new_empty(scores.shape)
+def swhs_steps(n, window, stride):
+    """Window steps of SW-HS on n candidates: while the lower window is non-empty."""
+    return (n - window + stride - 1) // stride if n > window else 0
 
 
-@torch.library.register_fake("itr_kernels::smooth_rank_backward")
-def _smooth_rank_backward_fake(grad, scores, valid, tau):
-    return scores.new_empty(scores.shape)
+def _acc_dtype(scores):
+    return torch.float64 if scores.dtype == torch.float64 else torch.float32
 
 
-@torch.library.register_fake("itr_kernels::smooth_ndcg")
-def _smooth_ndcg_fake(scores, relevance, valid, tau, k, linear_gain, compute_grad):
-    q = scores.shape[0]
-    idcg_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
-    grad = scores.new_empty(scores.shape if compute_grad else (0,))
-    return scores.new_empty((q,)), scores.new_empty((q,), dtype=idcg_dtype), grad
+def register(namespace):
+    """Registers the fake kernel and the autograd formula of every op of `namespace`, whose schemas
+    are csrc/op_schemas.h's: itr_kernels, or the CUDA emulation's itr_kernels_emu (tests)."""
+    lib = getattr(torch.ops, namespace)
+
+    # ---- fake kernels: output metadata only ----
+
+    @torch.library.register_fake(f"{namespace}::smooth_rank")
+    def _smooth_rank_fake(scores, valid, tau):
+        return scores.new_empty(scores.shape)
+
+    @torch.library.register_fake(f"{namespace}::smooth_rank_backward")
+    def _smooth_rank_backward_fake(grad, scores, valid, tau):
+        return scores.new_empty(scores.shape)
+
+    @torch.library.register_fake(f"{namespace}::smooth_ndcg")
+    def _smooth_ndcg_fake(scores, relevance, valid, tau, k, linear_gain, compute_grad):
+        q = scores.shape[0]
+        grad = scores.new_empty(scores.shape if compute_grad else (0,))
+        return scores.new_empty((q,)), scores.new_empty((q,), dtype=_acc_dtype(scores)), grad
+
+    @torch.library.register_fake(f"{namespace}::triplet_sn")
+    def _triplet_sn_fake(scores, relevance, margin, temperature, rho):
+        b = scores.shape[0]
+        return scores.new_empty((2, b)), scores.new_empty((2, b), dtype=_acc_dtype(scores))
+
+    @torch.library.register_fake(f"{namespace}::triplet_sn_backward")
+    def _triplet_sn_backward_fake(grad, scores, relevance, lse, margin, temperature, rho):
+        return scores.new_empty(scores.shape)
+
+    @torch.library.register_fake(f"{namespace}::kendall_full")
+    def _kendall_full_fake(scores, relevance, valid, gap, phi, margin, temperature, compute_grad):
+        q = scores.shape[0]
+        grad = scores.new_empty(scores.shape if compute_grad else (0,))
+        return scores.new_empty((q,)), scores.new_empty((q,), dtype=torch.int64), grad
+
+    @torch.library.register_fake(f"{namespace}::kendall_swhs")
+    def _kendall_swhs_fake(scores, relevance, valid, window, stride, gap):
+        shape = (scores.shape[0], swhs_steps(scores.shape[1], window, stride))
+        return (scores.new_empty(shape, dtype=torch.int64), scores.new_empty(shape, dtype=torch.int64),
+                scores.new_empty(shape, dtype=torch.bool))
+
+    # ---- autograd ----
+
+    def smooth_rank_setup(ctx, inputs, output):
+        scores, valid, tau = inputs
+        ctx.save_for_backward(scores, valid)
+        ctx.tau = tau
+
+    def smooth_rank_backward(ctx, grad):
+        scores, valid = ctx.saved_tensors
+        return lib.smooth_rank_backward(grad, scores, valid, ctx.tau), None, None
+
+    torch.library.register_autograd(f"{namespace}::smooth_rank", smooth_rank_backward,
+                                    setup_context=smooth_rank_setup)
+
+    def triplet_sn_setup(ctx, inputs, output):
+        scores, relevance, margin, temperature, rho = inputs
+        _, lse = output
+        ctx.mark_non_differentiable(lse)
+        ctx.save_for_backward(scores, relevance, lse)
+        ctx.args = (margin, temperature, rho)
+
+    def triplet_sn_backward(ctx, grad_loss, grad_lse):
+        scores, relevance, lse = ctx.saved_tensors
+        grad = lib.triplet_sn_backward(grad_loss, scores, relevance, lse, *ctx.args)
+        return grad, None, None, None, None
+
+    torch.library.register_autograd(f"{namespace}::triplet_sn", triplet_sn_backward, setup_context=triplet_sn_setup)
+
+    _register_row_grad_autograd(namespace, "smooth_ndcg", "itr_kernels.smooth_ndcg_loss")
+    _register_row_grad_autograd(namespace, "kendall_full", "itr_kernels.kendall_loss")
 
 
-# ---- autograd ----
-
-def _smooth_rank_setup(ctx, inputs, output):
-    scores, valid, tau = inputs
-    ctx.save_for_backward(scores, valid)
-    ctx.tau = tau
-
-
-def _smooth_rank_backward(ctx, grad):
-    scores, valid = ctx.saved_tensors
-    return ops.smooth_rank_backward(grad, scores, valid, ctx.tau), None, None
-
-
-torch.library.register_autograd("itr_kernels::smooth_rank", _smooth_rank_backward, setup_context=_smooth_rank_setup)
-
-
-def register_row_grad_autograd(name, public):
+def _register_row_grad_autograd(namespace, name, public):
     """Autograd of an op whose forward returns (per-row values, per-row auxiliary, row_grad) with
     row_grad = d value[q] / d scores[q, :] computed in the same pass: backward only scales rows."""
 
@@ -81,64 +130,11 @@ def register_row_grad_autograd(name, public):
     def backward(ctx, grad_values, grad_aux, grad_row_grad):
         (row_grad,) = ctx.saved_tensors
         if row_grad.dim() != 2:
-            raise RuntimeError(f"itr_kernels::{name} was called with compute_grad=False; call it with "
+            raise RuntimeError(f"{namespace}::{name} was called with compute_grad=False; call it with "
                                f"compute_grad=True to differentiate it ({public} does this)")
         return (row_grad * grad_values.unsqueeze(-1).to(row_grad.dtype),) + (None,) * (ctx.n_inputs - 1)
 
-    torch.library.register_autograd(f"itr_kernels::{name}", backward, setup_context=setup)
+    torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
 
 
-register_row_grad_autograd("smooth_ndcg", "itr_kernels.smooth_ndcg_loss")
-
-
-# ---- BCLS ops (SPEC section 5) ----
-
-@torch.library.register_fake("itr_kernels::triplet_sn")
-def _triplet_sn_fake(scores, relevance, margin, temperature, rho):
-    b = scores.shape[0]
-    lse_dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
-    return scores.new_empty((2, b)), scores.new_empty((2, b), dtype=lse_dtype)
-
-
-@torch.library.register_fake("itr_kernels::triplet_sn_backward")
-def _triplet_sn_backward_fake(grad, scores, relevance, lse, margin, temperature, rho):
-    return scores.new_empty(scores.shape)
-
-
-def _triplet_sn_setup(ctx, inputs, output):
-    scores, relevance, margin, temperature, rho = inputs
-    _, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(scores, relevance, lse)
-    ctx.args = (margin, temperature, rho)
-
-
-def _triplet_sn_backward(ctx, grad_loss, grad_lse):
-    scores, relevance, lse = ctx.saved_tensors
-    grad = ops.triplet_sn_backward(grad_loss, scores, relevance, lse, *ctx.args)
-    return grad, None, None, None, None
-
-
-torch.library.register_autograd("itr_kernels::triplet_sn", _triplet_sn_backward, setup_context=_triplet_sn_setup)
-
-
-@torch.library.register_fake("itr_kernels::kendall_full")
-def _kendall_full_fake(scores, relevance, valid, gap, phi, margin, temperature, compute_grad):
-    q = scores.shape[0]
-    grad = scores.new_empty(scores.shape if compute_grad else (0,))
-    return scores.new_empty((q,)), scores.new_empty((q,), dtype=torch.int64), grad
-
-
-register_row_grad_autograd("kendall_full", "itr_kernels.kendall_loss")
-
-
-def swhs_steps(n, window, stride):
-    """Window steps of SW-HS on n candidates: while the lower window is non-empty."""
-    return (n - window + stride - 1) // stride if n > window else 0
-
-
-@torch.library.register_fake("itr_kernels::kendall_swhs")
-def _kendall_swhs_fake(scores, relevance, valid, window, stride, gap):
-    shape = (scores.shape[0], swhs_steps(scores.shape[1], window, stride))
-    return (scores.new_empty(shape, dtype=torch.int64), scores.new_empty(shape, dtype=torch.int64),
-            scores.new_empty(shape, dtype=torch.bool))
+register("itr_kernels")

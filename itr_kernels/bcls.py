@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _validate as check
-from ._ops import ops
+from . import _ops
 from .losses import REDUCTIONS, reduce_rows, smooth_rank
 
 PHIS = ("hinge", "logistic", "tanh")
@@ -72,7 +72,7 @@ def triplet_sn_loss(scores, relevance=None, margin=0.2, temperature=0.01, rho=1.
             negative &= relevance < rho
         x = torch.cat([x.new_zeros(x.shape[0], 1), x.masked_fill(~negative, -torch.inf)], dim=1)
         return reduce_rows(temperature * torch.logsumexp(x, dim=1), None, reduction)   # T log(1 + sum e^x)
-    loss, _ = ops.triplet_sn(scores, relevance, float(margin), float(temperature), float(rho))
+    loss, _ = _ops.ops.triplet_sn(scores, relevance, float(margin), float(temperature), float(rho))
     return reduce_rows(loss, None, reduction)
 
 
@@ -88,10 +88,10 @@ def kendall_loss(scores, relevance, gap=None, phi="hinge", margin=0.0, temperatu
                                 reduction)
     if sampling == "full":
         compute_grad = torch.is_grad_enabled() and scores.requires_grad
-        sums, counts, _ = ops.kendall_full(scores, relevance, valid, gap, PHIS.index(phi), float(margin),
+        sums, counts, _ = _ops.ops.kendall_full(scores, relevance, valid, gap, PHIS.index(phi), float(margin),
                                            float(temperature), compute_grad)
         return reduce_rows(sums, counts, reduction)
-    upper, lower, keep = ops.kendall_swhs(scores, relevance, valid, int(window), stride, gap)
+    upper, lower, keep = _ops.ops.kendall_swhs(scores, relevance, valid, int(window), stride, gap)
     terms = phi_value(scores.gather(1, lower) - scores.gather(1, upper), phi, margin, temperature)
     return reduce_rows(torch.where(keep, terms, 0).sum(dim=1), keep.sum(dim=1), reduction)
 

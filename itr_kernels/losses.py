@@ -2,7 +2,7 @@
 import torch
 
 from . import _validate as check
-from ._ops import ops
+from . import _ops
 
 GAINS = ("exp", "linear")
 REDUCTIONS = ("mean", "sum", "none")
@@ -73,7 +73,7 @@ def smooth_rank(scores, tau=0.01, valid=None):
     ``1 + sum_{k != j, valid} sigmoid((S[q,k] - S[q,j]) / tau)``; 0 at masked entries.
     O(Q*N) memory; differentiable."""
     _smooth_rank_args(scores, tau, valid)
-    return ops.smooth_rank(scores, valid, float(tau))
+    return _ops.ops.smooth_rank(scores, valid, float(tau))
 
 
 def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None, reduction="mean"):
@@ -85,7 +85,7 @@ def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None
     """
     _smooth_ndcg_args(scores, relevance, tau, k, gain, valid, reduction)
     compute_grad = torch.is_grad_enabled() and scores.requires_grad
-    loss, idcg, _ = ops.smooth_ndcg(scores, relevance, valid, float(tau), k or 0, gain == "linear", compute_grad)
+    loss, idcg, _ = _ops.ops.smooth_ndcg(scores, relevance, valid, float(tau), k or 0, gain == "linear", compute_grad)
     return reduce_rows(loss, idcg > 0, reduction)
 
 

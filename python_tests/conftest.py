@@ -11,6 +11,10 @@ SEED = int(os.environ.get("ITR_TEST_SEED", random.SystemRandom().randrange(2**31
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "emulated: runs the CUDA kernels on the CPU emulation of CUDA (cuda_emu.py)")
+
+
 def pytest_report_header(config):
     return f"itr_kernels test seed: ITR_TEST_SEED={SEED}; devices: {', '.join(DEVICES)}"
 

@@ -1,10 +1,16 @@
 // Registers the CUDA kernels for the itr_kernels ops: checks, device guard, the current stream,
-// outputs and workspace; the kernels themselves live in ranking_kernels.cu.
+// outputs and workspace; the kernels themselves live in ranking_kernels.cu and bcls_kernels.cu.
+// Built with -DITR_CUDA_EMU (csrc/cuda_emu/), the same code registers the kernels run by the CPU
+// emulation of CUDA for the itr_kernels_emu ops, on CPU tensors.
 #include <ATen/ATen.h>
+#include <torch/library.h>
+#if defined(ITR_CUDA_EMU)
+#include "cuda_emu/runtime.h"
+#else
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+#endif
 
 #include <cmath>
 #include <limits>
@@ -13,9 +19,30 @@
 #include "checks.h"
 #include "cuda/launchers.h"
 
+#if defined(ITR_CUDA_EMU)
+#define ITR_OPS_NAMESPACE itr_kernels_emu
+#define ITR_OPS_DISPATCH_KEY CPU
+#define ITR_CUDA_CHECK(expr) ::itr::emu::check((expr), #expr)
+#else
+#define ITR_OPS_NAMESPACE itr_kernels
+#define ITR_OPS_DISPATCH_KEY CUDA
+#define ITR_CUDA_CHECK(expr) C10_CUDA_CHECK(expr)
+#endif
+
 namespace itr {
 namespace cuda {
 namespace {
+
+#if defined(ITR_CUDA_EMU)
+// The emulation runs launches in order on the calling thread: no device, no stream.
+struct DeviceGuard {
+  explicit DeviceGuard(c10::Device) {}
+};
+cudaStream_t current_stream() { return nullptr; }
+#else
+using DeviceGuard = c10::cuda::CUDAGuard;
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+#endif
 
 Dtype dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
@@ -47,11 +74,11 @@ std::tuple<at::Tensor, at::Tensor> relevance_order(const at::Tensor& R, const at
 
 at::Tensor smooth_rank_cuda(const at::Tensor& scores, const c10::optional<at::Tensor>& valid, double tau) {
   check_smooth_rank_args(scores, valid, tau);
-  const c10::cuda::CUDAGuard guard(scores.device());
+  const DeviceGuard guard(scores.device());
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   at::Tensor out = at::empty(scores.sizes(), scores.options());
-  C10_CUDA_CHECK(itr::cuda::smooth_rank(matrix_of(scores), valid_ptr(V), tau, out.mutable_data_ptr(),
-                                        c10::cuda::getCurrentCUDAStream()));
+  ITR_CUDA_CHECK(itr::cuda::smooth_rank(matrix_of(scores), valid_ptr(V), tau, out.mutable_data_ptr(),
+                                        current_stream()));
   return out;
 }
 
@@ -59,12 +86,12 @@ at::Tensor smooth_rank_backward_cuda(const at::Tensor& grad, const at::Tensor& s
                                      const c10::optional<at::Tensor>& valid, double tau) {
   check_smooth_rank_args(scores, valid, tau);
   check_like_scores(grad, scores, "grad");
-  const c10::cuda::CUDAGuard guard(scores.device());
+  const DeviceGuard guard(scores.device());
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const at::Tensor G = grad.to(scores.scalar_type()).contiguous();
   at::Tensor out = at::empty(scores.sizes(), scores.options());
-  C10_CUDA_CHECK(itr::cuda::smooth_rank_backward(matrix_of(scores), valid_ptr(V), G.const_data_ptr(), dtype_of(G),
-                                                 tau, out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()));
+  ITR_CUDA_CHECK(itr::cuda::smooth_rank_backward(matrix_of(scores), valid_ptr(V), G.const_data_ptr(), dtype_of(G),
+                                                 tau, out.mutable_data_ptr(), current_stream()));
   return out;
 }
 
@@ -72,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cuda(const at::Tensor
                                                                 const c10::optional<at::Tensor>& valid, double tau,
                                                                 int64_t k, bool linear_gain, bool compute_grad) {
   check_smooth_ndcg_args(scores, relevance, valid, tau);
-  const c10::cuda::CUDAGuard guard(scores.device());
+  const DeviceGuard guard(scores.device());
   const int64_t Q = scores.size(0), N = scores.size(1);
   const auto acc_dtype = scores.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
@@ -86,11 +113,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cuda(const at::Tensor
   at::Tensor idcg = at::zeros({Q}, scores.options().dtype(acc_dtype));
   at::Tensor grad = at::zeros(compute_grad ? scores.sizes() : at::IntArrayRef{0}, scores.options());
   at::Tensor work = at::empty({3, Q, N}, scores.options().dtype(acc_dtype));
-  C10_CUDA_CHECK(itr::cuda::smooth_ndcg(matrix_of(scores), valid_ptr(V), R.const_data_ptr(),
+  ITR_CUDA_CHECK(itr::cuda::smooth_ndcg(matrix_of(scores), valid_ptr(V), R.const_data_ptr(),
                                         order.const_data_ptr<int64_t>(), set_size.const_data_ptr<int64_t>(), tau,
                                         linear_gain, work.mutable_data_ptr(), loss.mutable_data_ptr(),
                                         idcg.mutable_data_ptr(), compute_grad ? grad.mutable_data_ptr() : nullptr,
-                                        c10::cuda::getCurrentCUDAStream()));
+                                        current_stream()));
   return {loss, idcg, grad};
 }
 
@@ -105,14 +132,14 @@ at::Tensor relevance_acc(const c10::optional<at::Tensor>& relevance, const at::T
 std::tuple<at::Tensor, at::Tensor> triplet_sn_cuda(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance,
                                                    double margin, double temperature, double rho) {
   check_triplet_sn_args(scores, relevance, temperature);
-  const c10::cuda::CUDAGuard guard(scores.device());
+  const DeviceGuard guard(scores.device());
   const int64_t B = scores.size(0);
   const at::Tensor R = relevance_acc(relevance, scores);
   at::Tensor loss = at::empty({2, B}, scores.options());
   at::Tensor lse = at::empty({2, B}, scores.options().dtype(acc_type(scores)));
-  C10_CUDA_CHECK(itr::cuda::triplet_sn(matrix_of(scores), R.defined() ? R.const_data_ptr() : nullptr, margin,
+  ITR_CUDA_CHECK(itr::cuda::triplet_sn(matrix_of(scores), R.defined() ? R.const_data_ptr() : nullptr, margin,
                                        temperature, rho, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
-                                       c10::cuda::getCurrentCUDAStream()));
+                                       current_stream()));
   return {loss, lse};
 }
 
@@ -121,14 +148,14 @@ at::Tensor triplet_sn_backward_cuda(const at::Tensor& grad, const at::Tensor& sc
                                     double temperature, double rho) {
   check_triplet_sn_backward_args(grad, scores, relevance, lse, temperature);
   const int64_t B = scores.size(0);
-  const c10::cuda::CUDAGuard guard(scores.device());
+  const DeviceGuard guard(scores.device());
   const at::Tensor R = relevance_acc(relevance, scores);
   const at::Tensor G = grad.to(acc_type(scores)).contiguous();
   const at::Tensor L = lse.to(acc_type(scores)).contiguous();
   at::Tensor out = at::empty({B, B}, scores.options());
-  C10_CUDA_CHECK(itr::cuda::triplet_sn_backward(matrix_of(scores), R.defined() ? R.const_data_ptr() : nullptr,
+  ITR_CUDA_CHECK(itr::cuda::triplet_sn_backward(matrix_of(scores), R.defined() ? R.const_data_ptr() : nullptr,
                                                 G.const_data_ptr(), L.const_data_ptr(), margin, temperature, rho,
-                                                out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()));
+                                                out.mutable_data_ptr(), current_stream()));
   return out;
 }
 
@@ -137,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cuda(const at::Tenso
                                                                  int64_t phi, double margin, double temperature,
                                                                  bool compute_grad) {
   check_kendall_full_args(scores, relevance, valid, gap, phi, temperature);
-  const c10::cuda::CUDAGuard guard(scores.device());
+  const DeviceGuard guard(scores.device());
   const int64_t Q = scores.size(0), N = scores.size(1);
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const at::Tensor R = relevance.to(acc_type(scores)).contiguous();
@@ -147,11 +174,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cuda(const at::Tenso
   // Per-tile partial sums (accumulator type) followed by per-tile counts (int64).
   const int64_t parts = Q * itr::cuda::kendall_tiles(N);
   at::Tensor work = at::empty({parts * 2}, scores.options().dtype(at::kDouble));
-  C10_CUDA_CHECK(itr::cuda::kendall_full(matrix_of(scores), R.const_data_ptr(), valid_ptr(V), gap, static_cast<int>(phi),
+  ITR_CUDA_CHECK(itr::cuda::kendall_full(matrix_of(scores), R.const_data_ptr(), valid_ptr(V), gap, static_cast<int>(phi),
                                          margin, temperature, work.mutable_data_ptr(), sums.mutable_data_ptr(),
                                          counts.mutable_data_ptr<int64_t>(),
                                          compute_grad ? grad.mutable_data_ptr() : nullptr,
-                                         c10::cuda::getCurrentCUDAStream()));
+                                         current_stream()));
   return {sums, counts, grad};
 }
 
@@ -159,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cuda(const at::Tenso
                                                                  const c10::optional<at::Tensor>& valid,
                                                                  int64_t window, int64_t stride, double gap) {
   check_swhs_args(scores, relevance, valid, window, stride, gap);
-  const c10::cuda::CUDAGuard guard(scores.device());
+  const DeviceGuard guard(scores.device());
   const int64_t Q = scores.size(0), N = scores.size(1);
   const int64_t steps = swhs_steps(N, window, stride);
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
@@ -169,16 +196,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cuda(const at::Tenso
   at::Tensor upper = at::zeros({Q, steps}, scores.options().dtype(at::kLong));
   at::Tensor lower = at::zeros({Q, steps}, scores.options().dtype(at::kLong));
   at::Tensor keep = at::zeros({Q, steps}, scores.options().dtype(at::kBool));
-  C10_CUDA_CHECK(itr::cuda::kendall_swhs(matrix_of(scores), R.const_data_ptr(), order.const_data_ptr<int64_t>(),
+  ITR_CUDA_CHECK(itr::cuda::kendall_swhs(matrix_of(scores), R.const_data_ptr(), order.const_data_ptr<int64_t>(),
                                          n_valid.const_data_ptr<int64_t>(), window, stride, steps, gap,
                                          upper.mutable_data_ptr<int64_t>(), lower.mutable_data_ptr<int64_t>(),
-                                         keep.mutable_data_ptr<bool>(), c10::cuda::getCurrentCUDAStream()));
+                                         keep.mutable_data_ptr<bool>(), current_stream()));
   return {upper, lower, keep};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itr_kernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(ITR_OPS_NAMESPACE, ITR_OPS_DISPATCH_KEY, m) {
   m.impl("smooth_rank", &smooth_rank_cuda);
   m.impl("smooth_rank_backward", &smooth_rank_backward_cuda);
   m.impl("smooth_ndcg", &smooth_ndcg_cuda);

@@ -8,6 +8,9 @@
 
 #include <cstdint>
 
+#if defined(ITR_CUDA_EMU)
+#include "cuda_emu/runtime.h"  // the device built-ins on the CPU (threadIdx, __syncthreads, ...)
+#endif
 #include "cuda/launchers.h"
 #include "itr_kernels/ranking_math.h"
 

@@ -12,6 +12,19 @@
 #define ITR_HD inline
 #endif
 
+// ITR_CUDA_SOURCE: this file is compiled as part of the CUDA kernels, by nvcc or by g++ for the CPU
+// emulation of the CUDA execution model (ITR_CUDA_EMU, csrc/cuda_emu/). ITR_DEVICE_CODE: the device
+// side of it (nvcc's device pass, or the emulation), which must take the GPU's code paths.
+#if defined(__CUDACC__) || defined(ITR_CUDA_EMU)
+#define ITR_CUDA_SOURCE 1
+#endif
+#if defined(__CUDA_ARCH__) || defined(ITR_CUDA_EMU)
+#define ITR_DEVICE_CODE 1
+#endif
+#if defined(ITR_CUDA_EMU)
+#include "cuda_emu/runtime.h"
+#endif
+
 namespace itr {
 
 constexpr double kLog2e = 1.4426950408889634;
@@ -22,7 +35,7 @@ ITR_HD double exp2_(double x) { return exp2(x); }
 ITR_HD float log2_(float x) { return log2f(x); }
 ITR_HD double log2_(double x) { return log2(x); }
 
-#if !defined(__CUDA_ARCH__)
+#if !defined(ITR_DEVICE_CODE)
 // 2^t on the CPU: branch-free (ternaries, bit arithmetic) so that gcc vectorises the pair loops.
 // Degree-5 fit of 2^f on [-1/2, 1/2], relative error 1.5e-7. t is clamped to [-64, 64]: every
 // intermediate stays a normal float (subnormals are slow), and a pair farther apart than that
@@ -60,6 +73,15 @@ __device__ __forceinline__ float ex2_approx(float x) {
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
 }
+#elif defined(ITR_CUDA_EMU)
+// The emulation's stand-ins for the two PTX instructions: the same special values and ex2's
+// flush-to-zero of subnormal inputs and results, but correctly rounded where the hardware
+// approximates (tanh.approx: ~2^-11 relative, ex2.approx: 2 ulp); that error is not emulated.
+__device__ __forceinline__ float tanh_approx(float x) { return tanhf(x); }
+__device__ __forceinline__ float flush_subnormal(float x) { return fabsf(x) < 1.17549435e-38f ? copysignf(0.f, x) : x; }
+__device__ __forceinline__ float ex2_approx(float x) { return flush_subnormal(exp2f(flush_subnormal(x))); }
+#endif
+#if defined(ITR_DEVICE_CODE)
 // 1 / x for x in [1, 2^64] on the FMA pipe (bit-trick seed, three Newton steps, 1e-7 relative),
 // so that a pair costs one special-function op (the exp2), not two.
 __device__ __forceinline__ float recip_fma(float x) {
@@ -99,7 +121,7 @@ struct PairSigmoid<double> {
 template <>
 struct PairSigmoid<float> {
   static ITR_HD float scale(float tau) { return static_cast<float>(kLog2e) / tau; }
-#if defined(__CUDA_ARCH__)
+#if defined(ITR_DEVICE_CODE)
   // ex2.approx (2 ulp) on the special-function unit; |d| <= 64 keeps 1 + e in recip_fma's range.
   // Ternaries, not fminf/fmaxf, so that a NaN score stays NaN.
   static __device__ __forceinline__ float exp2_neg(float d) {
@@ -129,12 +151,12 @@ struct PairSigmoid<float> {
 #endif
 };
 
-#if defined(__CUDACC__)
+#if defined(ITR_CUDA_SOURCE)
 // float16 / bfloat16 inputs on the GPU: sigma(x) = (1 + tanh(x/2)) / 2, one special-function op
 // per pair; tanh.approx's 2^-11 relative error is below the inputs' own resolution.
 struct FastPairSigmoid {
   static __host__ __device__ __forceinline__ float scale(float tau) { return 0.5f / tau; }
-#if defined(__CUDA_ARCH__)
+#if defined(ITR_DEVICE_CODE)
   static __device__ __forceinline__ float value(float d) { return fmaf(0.5f, tanh_approx(d), 0.5f); }
   static __device__ __forceinline__ float grad(float d) {
     const float t = tanh_approx(d);

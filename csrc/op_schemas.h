@@ -1,0 +1,38 @@
+// The op schemas, defined once: ops.cpp defines them in the itr_kernels namespace, the test-only
+// CPU emulation of the CUDA kernels (csrc/cuda_emu/module.cpp) in itr_kernels_emu. Backends
+// register kernels with TORCH_LIBRARY_IMPL.
+#pragma once
+
+#include <torch/library.h>
+
+namespace itr {
+
+inline void define_ops(torch::Library& m) {
+  // Rhat[q, j] = 1 + sum_{k != j, valid} sigmoid((S[q,k] - S[q,j]) / tau); 0 at masked entries.
+  m.def("smooth_rank(Tensor scores, Tensor? valid, float tau) -> Tensor");
+  // dL/dS from dL/dRhat.
+  m.def("smooth_rank_backward(Tensor grad, Tensor scores, Tensor? valid, float tau) -> Tensor");
+  // Per-row Smooth-NDCG loss, IDCG, and (if compute_grad) d loss[q] / d S[q, :]; k <= 0 means all.
+  m.def(
+      "smooth_ndcg(Tensor scores, Tensor relevance, Tensor? valid, float tau, int k, bool linear_gain, "
+      "bool compute_grad) -> (Tensor, Tensor, Tensor)");
+
+  // Triplet-SN on a square in-batch matrix: per-query losses (2, B) [image-to-text, text-to-image]
+  // and their log(1 + sum exp) (2, B), which the backward reuses.
+  m.def("triplet_sn(Tensor scores, Tensor? relevance, float margin, float temperature, float rho) -> (Tensor, Tensor)");
+  m.def(
+      "triplet_sn_backward(Tensor grad, Tensor scores, Tensor? relevance, Tensor lse, float margin, "
+      "float temperature, float rho) -> Tensor");
+  // Kendall ranking loss, full pair form: per-row sums, per-row pair counts and (if compute_grad)
+  // d sum[q] / d S[q, :]. phi: 0 hinge, 1 logistic, 2 tanh.
+  m.def(
+      "kendall_full(Tensor scores, Tensor relevance, Tensor? valid, float gap, int phi, float margin, "
+      "float temperature, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  // SW-HS selection: per row and window step, the hard upper column, the hard lower column, and
+  // whether the windows' relevance gap exceeds `gap`. Shapes (Q, steps).
+  m.def(
+      "kendall_swhs(Tensor scores, Tensor relevance, Tensor? valid, int window, int stride, float gap) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+}  // namespace itr

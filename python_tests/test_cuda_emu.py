@@ -1,0 +1,194 @@
+"""The CUDA kernels (csrc/cuda/*.cu) on the CPU emulation of CUDA (csrc/cuda_emu/, built by
+cuda_emu.py): every launcher against the CPU op on the same inputs, under several thread orders
+whose outputs must be bit-identical; and the emulation's own checks, on small kernels with known
+defects (csrc/cuda_emu/selftest_kernels.cpp)."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import cuda_emu
+from helpers import ALL_DTYPES, cosine_scores
+
+REASON = cuda_emu.unavailable_reason()
+pytestmark = [pytest.mark.emulated, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+COLS = [1, 3, 17, 64, 1023, 1024, 1025, 2049]  # tile and partial-block edges of the kernels
+# Triplet-SN's edges: 32 columns per block of its column pass, 256 threads striding its row pass
+TRIPLET_SIZES = [1, 3, 17, 31, 33, 64, 255, 257]
+LAYOUTS = ["contiguous", "transposed", "padded"]
+REL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2 * torch.finfo(torch.float16).eps,
+       torch.bfloat16: 2 * torch.finfo(torch.bfloat16).eps}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def emulation():
+    return cuda_emu.load()
+
+
+def variant(options, *indices):
+    """One of `options`, cycling with the case's indices: across the (columns, dtype) grid every
+    option meets every dtype and many sizes, without the cost of the full product."""
+    return options[sum(indices) % len(options)]
+
+
+def scores_in(layout, q, n, dtype, gen):
+    """(q, n) cosine scores of `dtype`, contiguous, as the transpose of a (n, q) tensor, or as a
+    view with padded rows and a column stride of 2."""
+    s = cosine_scores(q, n, gen, spread=2.0).to(dtype)
+    if layout == "transposed":
+        return s.T.contiguous().T
+    if layout == "padded":
+        wide = torch.full((q, 2 * n + 3), float("nan"), dtype=dtype)
+        wide[:, : 2 * n : 2] = s
+        return wide[:, : 2 * n : 2]
+    return s
+
+
+def mask(q, n, gen):
+    """About 70% valid; the last row fully masked when there are several."""
+    valid = torch.rand(q, n, generator=gen) > 0.3
+    if q > 1:
+        valid[-1] = False
+    return valid
+
+
+def tied_relevance(q, n, gen, levels=8):
+    """Relevance in [0, 1] on a grid: ties, and exact in every dtype."""
+    return torch.randint(0, levels + 1, (q, n), generator=gen).double() / levels
+
+
+def as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def bits(t):
+    return t.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def run_emulated(op, *args):
+    """itr_kernels_emu.<op>(*args) under every seed of cuda_emu.SEEDS: the outputs must be
+    bit-identical (a result that depends on the order of a block's threads differs between seeds)."""
+    outs = None
+    for seed in cuda_emu.SEEDS:
+        cuda_emu.set_seed(seed)
+        got = as_tuple(getattr(torch.ops.itr_kernels_emu, op)(*args))
+        if outs is None:
+            outs = got
+            continue
+        for i, (a, b) in enumerate(zip(outs, got)):
+            assert torch.equal(bits(a), bits(b)), f"{op} output {i}: seed {seed} differs from seed {cuda_emu.SEEDS[0]}"
+    return outs
+
+
+def upcast(args):
+    return [a.double() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+
+
+def assert_accurate(got, cpu, truth, dtype, what):
+    """`got` (emulated CUDA) against `cpu` (the CPU op, same inputs) and `truth` (the CPU op in
+    float64 on the same inputs): identical non-finite entries, and on the rest an error norm
+    against the truth at most twice the CPU op's plus REL[dtype] of the truth's norm and 1e-12 per
+    element. The kernels differ in summation order and, in float32, in the exponential (the GPU's
+    ex2.approx and Newton reciprocal, the CPU's polynomial); REL is the float32 bound of the suite's
+    own accuracy tests, and for float16 / bfloat16 2 eps, the suite's low-precision rule."""
+    assert got.shape == cpu.shape and got.dtype == cpu.dtype, what
+    finite = torch.isfinite(cpu)
+    assert torch.equal(finite, torch.isfinite(got)), f"{what}: non-finite entries differ"
+    assert torch.equal(cpu[~finite].double().nan_to_num(), got[~finite].double().nan_to_num()), what
+    got, cpu, truth = got[finite].double(), cpu[finite].double(), truth[finite].double()
+    scale = truth.norm().item()
+    err, cpu_err = (got - truth).norm().item(), (cpu - truth).norm().item()
+    assert err <= 2 * cpu_err + REL[dtype] * scale + 1e-12 * max(1, got.numel()) ** 0.5, (what, err, cpu_err, scale)
+
+
+def compare(op, args, dtype):
+    """The emulated op against the CPU op on `args`: integer outputs exactly, floating ones by
+    assert_accurate. Returns the emulated outputs."""
+    got = run_emulated(op, *args)
+    cpu = as_tuple(getattr(torch.ops.itr_kernels, op)(*args))
+    truth = as_tuple(getattr(torch.ops.itr_kernels, op)(*upcast(args)))
+    assert len(got) == len(cpu)
+    for i, (g, c, t) in enumerate(zip(got, cpu, truth)):
+        if g.is_floating_point():
+            assert_accurate(g, c, t, dtype, f"{op} output {i}")
+        else:
+            assert torch.equal(g, c), f"{op} output {i}"
+    return got
+
+
+def rows_for(n):
+    return 3 if n <= 1024 else 2
+
+
+# ---- every launcher against the CPU ops ----
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("n", COLS)
+def test_smooth_rank(n, dtype, gen):
+    i, j = COLS.index(n), ALL_DTYPES.index(dtype)
+    q = rows_for(n)
+    scores = scores_in(variant(LAYOUTS, i, j), q, n, dtype, gen)
+    valid = mask(q, n, gen) if variant([True, False], i, j) else None
+    tau = variant([0.05, 0.5, 0.01], i)
+    compare("smooth_rank", (scores, valid, tau), dtype)
+    upstream = torch.randn(q, n, generator=gen, dtype=torch.float64).to(dtype)
+    compare("smooth_rank_backward", (upstream, scores, valid, tau), dtype)
+
+
+@pytest.mark.parametrize("compute_grad", [True, False])
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("n", COLS)
+def test_smooth_ndcg(n, dtype, compute_grad, gen):
+    i, j = COLS.index(n), ALL_DTYPES.index(dtype)
+    q = rows_for(n)
+    scores = scores_in(variant(LAYOUTS, i, j + 1), q, n, dtype, gen)
+    relevance = tied_relevance(q, n, gen).to(dtype)
+    valid = mask(q, n, gen) if variant([True, False], i, j, compute_grad) else None
+    k = variant([0, 1, 5, n // 2], i, j)
+    linear_gain = variant([False, True], i, j, 1)
+    compare("smooth_ndcg", (scores, relevance, valid, 0.05, k, linear_gain, compute_grad), dtype)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("b", TRIPLET_SIZES)
+def test_triplet_sn(b, dtype, gen):
+    i, j = TRIPLET_SIZES.index(b), ALL_DTYPES.index(dtype)
+    scores = scores_in(variant(LAYOUTS, i, j + 2), b, b, dtype, gen)
+    relevance, rho = variant([(None, 1.0), (tied_relevance(b, b, gen).to(dtype), 0.6)], i, j)
+    margin, temperature = 0.2, variant([0.05, 0.5], i)
+    loss, lse = compare("triplet_sn", (scores, relevance, margin, temperature, rho), dtype)
+    upstream = torch.randn(2, b, generator=gen, dtype=torch.float64).to(dtype)
+    compare("triplet_sn_backward", (upstream, scores, relevance, lse, margin, temperature, rho), dtype)
+
+
+# Every phi in every dtype; past 1024 columns (the slow cases) one phi per (columns, dtype), cycling.
+KENDALL_CASES = [(n, dtype, phi) for i, n in enumerate(COLS) for j, dtype in enumerate(ALL_DTYPES) for phi in range(3)
+                 if n <= 1024 or phi == (i + j) % 3]
+
+
+@pytest.mark.parametrize("n,dtype,phi", KENDALL_CASES)
+def test_kendall_full(n, dtype, phi, gen):
+    i, j = COLS.index(n), ALL_DTYPES.index(dtype)
+    q = rows_for(n)
+    scores = scores_in(variant(LAYOUTS, i, j, phi), q, n, dtype, gen)
+    relevance = tied_relevance(q, n, gen).to(dtype)
+    valid = mask(q, n, gen) if variant([True, False], i, phi) else None
+    gap = variant([0.0, 0.3, 0.125], i, j)
+    compare("kendall_full", (scores, relevance, valid, gap, phi, 0.05, 0.1, variant([True, False], j, phi)), dtype)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("window,stride,gap", [(1, 1, 0.0), (2, 1, 0.1), (3, 3, 0.0), (8, 8, 0.25), (8, 3, 0.0),
+                                               (5, 7, 0.1)])
+@pytest.mark.parametrize("n", COLS)
+def test_kendall_swhs(n, window, stride, gap, dtype, gen):
+    i, j = COLS.index(n), ALL_DTYPES.index(dtype)
+    q = rows_for(n)
+    scores = scores_in(variant(LAYOUTS, i, j, window), q, n, dtype, gen)
+    relevance = tied_relevance(q, n, gen).to(dtype)
+    valid = mask(q, n, gen) if variant([True, False], i, j, stride) else None
+    compare("kendall_swhs", (scores, relevance, valid, window, stride, gap), dtype)
