@@ -5,10 +5,15 @@ import zlib
 import pytest
 import torch
 
+import cuda_emu
+
 # Fresh inputs every run; a failing run is replayed with ITR_TEST_SEED=<the seed in the header>.
 SEED = int(os.environ.get("ITR_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# "cuda-emu": CPU tensors, with the public API routed to the CUDA kernels running on the CPU
+# emulation of CUDA (cuda_emu.py), wherever the CUDA headers are.
+EMULATION_SKIP = cuda_emu.unavailable_reason()
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["cuda-emu"] if EMULATION_SKIP is None else [])
 
 
 def pytest_configure(config):
@@ -22,6 +27,16 @@ def pytest_report_header(config):
 def pytest_terminal_summary(terminalreporter):
     # Also under -q, which hides the header: a failure can always be replayed with this seed.
     terminalreporter.write_line(f"itr_kernels test seed: ITR_TEST_SEED={SEED}")
+    counts = {outcome: sum(1 for r in terminalreporter.stats.get(outcome, [])
+                           if getattr(r, "when", "call") == "call" and "emulated" in getattr(r, "keywords", {}))
+              for outcome in ("passed", "failed", "skipped")}
+    if EMULATION_SKIP:
+        terminalreporter.write_line(EMULATION_SKIP)
+    elif any(counts.values()):
+        terminalreporter.write_line(
+            f"CUDA emulation ({'ASan + UBSan' if cuda_emu.SANITIZE else 'plain'}, thread orders "
+            f"{','.join(map(str, cuda_emu.SEEDS))}): {counts['passed']} emulated cases passed, "
+            f"{counts['failed']} failed, {counts['skipped']} skipped")
 
 
 @pytest.fixture
@@ -34,6 +49,20 @@ def gen(request):
 
 def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
-        params = [pytest.param(d, marks=pytest.mark.skipif(d == "cuda" and not torch.cuda.is_available(),
-                                                            reason="no CUDA device")) for d in ["cpu", "cuda"]]
-        metafunc.parametrize("device", params)
+        params = [pytest.param("cpu"),
+                  pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+                  pytest.param("cuda-emu", marks=[pytest.mark.emulated,
+                                                  pytest.mark.skipif(EMULATION_SKIP is not None,
+                                                                     reason=EMULATION_SKIP or "")])]
+        metafunc.parametrize("device", params, indirect=True)
+
+
+@pytest.fixture
+def device(request):
+    """The device of a test's tensors. "cuda-emu" gives "cpu", with the public API running the CUDA
+    kernels on the CPU emulation for the duration of the test."""
+    if request.param == "cuda-emu":
+        with cuda_emu.routed():
+            yield "cpu"
+    else:
+        yield request.param
