@@ -16,8 +16,42 @@ EMULATION_SKIP = cuda_emu.unavailable_reason()
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["cuda-emu"] if EMULATION_SKIP is None else [])
 
 
+# Under cuda-emu the suite's parity sweeps stop at 4,096 entries (Q x N, or B x B): the emulation
+# runs a block's threads one at a time (a 257 x 257 case costs ~10 s), and test_cuda_emu.py covers
+# the long rows and tile edges against the CPU ops.
+EMULATED_MAX_ENTRIES = 4096
+
+# Bugs of the CUDA path that the emulation found (reported; issue 12 owns the fixes): the cuda-emu
+# cases they can fail are expected failures until then (not strict: random inputs do not always hit
+# them); test_cuda_emu.py has a strict reproducer of each. (test name, params -> applies?, reason)
+KNOWN_CUDA_BUGS = [
+    ("test_swhs_selection_matches_brute_force", lambda p: p.get("masked"),
+     "CUDA relevance order (csrc/cuda/bindings.cpp relevance_order): a valid candidate of relevance -inf can "
+     "sort after masked ones (test_cuda_emu.py::test_masked_candidates_sort_last)"),
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    kept, dropped = [], []
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        if params.get("device") == "cuda-emu":
+            entries = params.get("q", 0) * params.get("n", 0) or params.get("b", 0) ** 2
+            if entries > EMULATED_MAX_ENTRIES:
+                dropped.append(item)
+                continue
+            for name, applies, reason in KNOWN_CUDA_BUGS:
+                if item.originalname == name and applies(params):
+                    item.add_marker(pytest.mark.xfail(strict=False, reason=reason))
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "emulated: runs the CUDA kernels on the CPU emulation of CUDA (cuda_emu.py)")
+    config.addinivalue_line("markers", "asan: an emulated case that `make cuda-emu-asan` also runs under ASan + UBSan")
 
 
 def pytest_report_header(config):

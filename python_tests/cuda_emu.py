@@ -8,7 +8,8 @@ itr_kernels_emu namespace, for CPU tensors; `routed()` sends the public API ther
 ITR_EMU_SANITIZE=1 builds it with AddressSanitizer and UBSan instead (build/cuda_emu_asan), which
 needs libasan preloaded into Python: `make cuda-emu` does that.
 
-    python3 python_tests/cuda_emu.py     # build (or check) the extension, print where it is
+    python3 python_tests/cuda_emu.py            # build (or check) the extension, print where it is
+    python3 python_tests/cuda_emu.py --why-not  # why it cannot be built here, or nothing
 """
 import contextlib
 import os
@@ -113,6 +114,9 @@ def routed():
 
 
 if __name__ == "__main__":
+    if "--why-not" in sys.argv:  # for make: the reason the emulation is skipped here, or nothing
+        print(unavailable_reason() or "")
+        sys.exit(0)
     if unavailable_reason():
         print(unavailable_reason())
         sys.exit(0)
