@@ -35,7 +35,7 @@ train: setup train-deps
 # cuda-emu device) wherever the CUDA headers are, then runs them under ASan + UBSan.
 test: setup train-deps
 	$(PY) -m pytest -q python_tests
-	@$(MAKE) --no-print-directory cuda-emu-asan
+	$(EMU_ASAN_RUN)
 
 bench-quick: setup
 	$(PY) bench/compare.py --quick
@@ -50,19 +50,23 @@ cuda-check:
 	bash csrc/cuda/check.sh
 
 # The CUDA kernels on the CPU emulation of CUDA (csrc/cuda_emu/, README "CUDA emulation"): the
-# emulated cases of the suite (3 thread orders), then cuda-emu-asan. Skipped, with the reason,
-# where there are no CUDA headers.
+# emulated cases of the suite (3 thread orders), then the cases marked asan under ASan + UBSan.
+# Skipped, with the reason, where there are no CUDA headers.
 cuda-emu: setup
 	$(PY) python_tests/cuda_emu.py
 	$(PY) -m pytest -q python_tests -m emulated
-	@$(MAKE) --no-print-directory cuda-emu-asan
+	$(EMU_ASAN_RUN)
 
-# The same kernels built with AddressSanitizer + UBSan (out-of-bounds global and shared accesses,
-# undefined behaviour), on the cases marked asan, one thread order. ASan must be the first library
-# of the Python process, and intercepts C++ throws only if libstdc++ is loaded with it.
+cuda-emu-asan: setup
+	$(EMU_ASAN_RUN)
+
+# The emulation built with AddressSanitizer + UBSan (out-of-bounds tensor and shared-array
+# accesses, undefined behaviour), on the cases marked asan, one thread order. ASan must be the
+# first library of the Python process, and intercepts C++ throws only if libstdc++ comes with it.
 EMU_ASAN := ITR_EMU_SANITIZE=1 ITR_EMU_SEEDS=1 ASAN_OPTIONS=detect_leaks=0 \
   LD_PRELOAD="$(shell gcc -print-file-name=libasan.so) $(shell gcc -print-file-name=libstdc++.so)"
-cuda-emu-asan: setup
-	@reason="$$($(PY) python_tests/cuda_emu.py --why-not)"; if [ -n "$$reason" ]; then echo "$$reason"; else \
-	  $(EMU_ASAN) $(PY) python_tests/cuda_emu.py && \
-	  $(EMU_ASAN) $(PY) -m pytest -q python_tests/test_cuda_emu.py -m asan; fi
+define EMU_ASAN_RUN
+@reason="$$($(PY) python_tests/cuda_emu.py --why-not)"; if [ -n "$$reason" ]; then echo "$$reason"; else \
+  $(EMU_ASAN) $(PY) python_tests/cuda_emu.py && \
+  $(EMU_ASAN) $(PY) -m pytest -q python_tests/test_cuda_emu.py -m asan; fi
+endef
