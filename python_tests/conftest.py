@@ -5,14 +5,53 @@ import zlib
 import pytest
 import torch
 
+import cuda_emu
+
 # Fresh inputs every run; a failing run is replayed with ITR_TEST_SEED=<the seed in the header>.
 SEED = int(os.environ.get("ITR_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# "cuda-emu": CPU tensors, with the public API routed to the CUDA kernels running on the CPU
+# emulation of CUDA (cuda_emu.py), wherever the CUDA headers are.
+EMULATION_SKIP = cuda_emu.unavailable_reason()
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["cuda-emu"] if EMULATION_SKIP is None else [])
+
+
+# Under cuda-emu the suite's parity sweeps stop at 4,096 entries (Q x N, or B x B): the emulation
+# runs a block's threads one at a time (a 257 x 257 case costs ~10 s), and test_cuda_emu.py covers
+# the long rows and tile edges against the CPU ops.
+EMULATED_MAX_ENTRIES = 4096
+
+# Bugs of the CUDA path that the emulation found (reported; issue 12 owns the fixes): the cuda-emu
+# cases they can fail are expected failures until then (not strict: random inputs do not always hit
+# them); test_cuda_emu.py has a strict reproducer of each. (test name, params -> applies?, reason)
+KNOWN_CUDA_BUGS = [
+    ("test_swhs_selection_matches_brute_force", lambda p: p.get("masked"),
+     "CUDA relevance order (csrc/cuda/bindings.cpp relevance_order): a valid candidate of relevance -inf can "
+     "sort after masked ones (test_cuda_emu.py::test_masked_candidates_sort_last)"),
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    kept, dropped = [], []
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        if params.get("device") == "cuda-emu":
+            entries = params.get("q", 0) * params.get("n", 0) or params.get("b", 0) ** 2
+            if entries > EMULATED_MAX_ENTRIES:
+                dropped.append(item)
+                continue
+            for name, applies, reason in KNOWN_CUDA_BUGS:
+                if item.originalname == name and applies(params):
+                    item.add_marker(pytest.mark.xfail(strict=False, reason=reason))
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "emulated: runs the CUDA kernels on the CPU emulation of CUDA (cuda_emu.py)")
+    config.addinivalue_line("markers", "asan: an emulated case that `make cuda-emu-asan` also runs under ASan + UBSan")
 
 
 def pytest_report_header(config):
@@ -22,6 +61,16 @@ def pytest_report_header(config):
 def pytest_terminal_summary(terminalreporter):
     # Also under -q, which hides the header: a failure can always be replayed with this seed.
     terminalreporter.write_line(f"itr_kernels test seed: ITR_TEST_SEED={SEED}")
+    counts = {outcome: sum(1 for r in terminalreporter.stats.get(outcome, [])
+                           if getattr(r, "when", "call") == "call" and "emulated" in getattr(r, "keywords", {}))
+              for outcome in ("passed", "failed", "skipped")}
+    if EMULATION_SKIP:
+        terminalreporter.write_line(EMULATION_SKIP)
+    elif any(counts.values()):
+        terminalreporter.write_line(
+            f"CUDA emulation ({'ASan + UBSan' if cuda_emu.SANITIZE else 'plain'}, thread orders "
+            f"{','.join(map(str, cuda_emu.SEEDS))}): {counts['passed']} emulated cases passed, "
+            f"{counts['failed']} failed, {counts['skipped']} skipped")
 
 
 @pytest.fixture
@@ -34,6 +83,20 @@ def gen(request):
 
 def pytest_generate_tests(metafunc):
     if "device" in metafunc.fixturenames:
-        params = [pytest.param(d, marks=pytest.mark.skipif(d == "cuda" and not torch.cuda.is_available(),
-                                                            reason="no CUDA device")) for d in ["cpu", "cuda"]]
-        metafunc.parametrize("device", params)
+        params = [pytest.param("cpu"),
+                  pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+                  pytest.param("cuda-emu", marks=[pytest.mark.emulated,
+                                                  pytest.mark.skipif(EMULATION_SKIP is not None,
+                                                                     reason=EMULATION_SKIP or "")])]
+        metafunc.parametrize("device", params, indirect=True)
+
+
+@pytest.fixture
+def device(request):
+    """The device of a test's tensors. "cuda-emu" gives "cpu", with the public API running the CUDA
+    kernels on the CPU emulation for the duration of the test."""
+    if request.param == "cuda-emu":
+        with cuda_emu.routed():
+            yield "cpu"
+    else:
+        yield request.param

@@ -8,7 +8,8 @@ itr_kernels_emu namespace, for CPU tensors; `routed()` sends the public API ther
 ITR_EMU_SANITIZE=1 builds it with AddressSanitizer and UBSan instead (build/cuda_emu_asan), which
 needs libasan preloaded into Python: `make cuda-emu` does that.
 
-    python3 python_tests/cuda_emu.py     # build (or check) the extension, print where it is
+    python3 python_tests/cuda_emu.py            # build (or check) the extension, print where it is
+    python3 python_tests/cuda_emu.py --why-not  # why it cannot be built here, or nothing
 """
 import contextlib
 import os
@@ -27,7 +28,8 @@ SANITIZE = os.environ.get("ITR_EMU_SANITIZE", "0") == "1"
 HEADERS = ("cuda_runtime.h", "cuda_fp16.h", "cuda_bf16.h")
 SOURCES = ["cuda_emu/runtime.cpp", "cuda_emu/module.cpp", "cuda_emu/ranking_kernels.cpp", "cuda_emu/bcls_kernels.cpp",
            "cuda/bindings.cpp", "cuda_emu/selftest_kernels.cpp"]
-SEEDS = (1, 2, 3)  # thread orders every emulated case runs under
+# Thread orders every emulated case runs under (ITR_EMU_SEEDS="1,2,3"); their outputs must agree bit for bit.
+SEEDS = tuple(int(s) for s in os.environ.get("ITR_EMU_SEEDS", "1,2,3").split(","))
 
 
 def cuda_include():
@@ -63,8 +65,9 @@ def load(verbose=False):
     if reason:
         raise RuntimeError(reason)
     if SANITIZE and not _asan_preloaded():
-        raise RuntimeError("ITR_EMU_SANITIZE=1 needs libasan loaded first: run `make cuda-emu`, or "
-                           "LD_PRELOAD=$(gcc -print-file-name=libasan.so) python3 ...")
+        raise RuntimeError("ITR_EMU_SANITIZE=1 needs libasan loaded first (and libstdc++, for ASan to intercept "
+                           "C++ throws): run `make cuda-emu`, or LD_PRELOAD=\"$(gcc -print-file-name=libasan.so) "
+                           "$(gcc -print-file-name=libstdc++.so)\" python3 ...")
     from torch.utils import cpp_extension
 
     # -march as for the CPU kernels (setup.py): hardware fmaf, and a*b+c contracted to FMAs as nvcc does
@@ -111,6 +114,9 @@ def routed():
 
 
 if __name__ == "__main__":
+    if "--why-not" in sys.argv:  # for make: the reason the emulation is skipped here, or nothing
+        print(unavailable_reason() or "")
+        sys.exit(0)
     if unavailable_reason():
         print(unavailable_reason())
         sys.exit(0)

@@ -136,7 +136,7 @@ def test_swhs_selection_matches_brute_force(window, stride, masked, dtype, devic
     relevance[0, :3] = torch.tensor([float("inf"), -float("inf"), float("inf")], dtype=dtype)
     relevance = relevance.to(device)
     valid = (torch.rand(q, n, generator=gen) > 0.25).to(device) if masked else None
-    upper, lower, keep = torch.ops.itr_kernels.kendall_swhs(scores, relevance, valid, window, stride, 0.1)
+    upper, lower, keep = ik._ops.ops.kendall_swhs(scores, relevance, valid, window, stride, 0.1)
     expected = brute_force_swhs(scores.cpu(), relevance.cpu(), None if valid is None else valid.cpu(), window,
                                 stride, 0.1)
     for row in range(q):
@@ -163,7 +163,7 @@ def test_swhs_gradient_is_sparse(device, gen):
     scores, relevance = scores.to(device), relevance.to(device)
     s = scores.clone().requires_grad_()
     ik.kendall_loss(s, relevance, sampling="swhs", window=8, margin=10.0).backward()  # every hinge active
-    upper, lower, keep = torch.ops.itr_kernels.kendall_swhs(scores, relevance, None, 8, 8, 0.0)
+    upper, lower, keep = ik._ops.ops.kendall_swhs(scores, relevance, None, 8, 8, 0.0)
     touched = torch.zeros_like(scores, dtype=torch.bool)
     touched.scatter_(1, torch.where(keep, upper, 0), keep, reduce="add")
     touched.scatter_(1, torch.where(keep, lower, 0), keep, reduce="add")
@@ -188,7 +188,7 @@ def test_opcheck(device, gen):
     scores, relevance, valid = inputs(6, 6, gen, masked=True)
     scores, relevance, valid = scores.to(device), relevance.to(device), valid.to(device)
     req = scores.clone().requires_grad_()
-    ops = torch.ops.itr_kernels
+    ops = ik._ops.ops  # the routed ops: the CUDA emulation's under the cuda-emu device
     lse = ops.triplet_sn(scores, relevance, 0.2, 0.05, 0.9)[1]
     for op, args in [
         (ops.triplet_sn.default, (req, None, 0.2, 0.05, 1.0)),

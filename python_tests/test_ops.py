@@ -13,7 +13,7 @@ def _op_samples(device, gen):
     rel = torch.rand(6, 9, generator=gen, dtype=torch.float64).to(device)
     valid = (torch.rand(6, 9, generator=gen) > 0.3).to(device)
     grad = torch.randn(6, 9, generator=gen, dtype=torch.float64).to(device)
-    ops = torch.ops.itr_kernels
+    ops = ik._ops.ops  # the routed ops: the CUDA emulation's under the cuda-emu device
     req = scores.clone().requires_grad_()
     return [
         (ops.smooth_rank.default, (scores, None, 0.05)),

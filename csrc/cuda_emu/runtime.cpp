@@ -5,6 +5,7 @@
 // move again: a deadlock, reported with the kernel, the block and where each thread waits.
 #include "cuda_emu/runtime.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -32,9 +33,9 @@ uint3 blockIdx;
 dim3 blockDim;
 dim3 gridDim;
 
-// The itr_emu_shared section (csrc/cuda_emu/shared.ld): every __shared__ variable of this library.
-extern "C" char __start_itr_emu_shared[] __attribute__((weak));
-extern "C" char __stop_itr_emu_shared[] __attribute__((weak));
+// Bounds of the section of every __shared__ variable of this library (csrc/cuda_emu/shared.ld).
+extern "C" char itr_emu_shared_begin[];
+extern "C" char itr_emu_shared_end[];
 
 namespace itr {
 namespace emu {
@@ -91,7 +92,7 @@ struct Scheduler {
   void* main_sp = nullptr;
 #endif
   void* main_fake_stack = nullptr;
-  const void* main_bottom = nullptr;
+  const void* main_bottom = nullptr;  // the launching thread's stack (ASan)
   size_t main_size = 0;
   bool stacks_dirty = false;  // a launch was abandoned mid-block (ASan: stale stack poison)
   int current = -1;
@@ -100,16 +101,23 @@ struct Scheduler {
   void* ctx = nullptr;
   std::string kernel;
   std::string fault;  // set by a thread that cannot go on (the scheduler throws it)
-  std::vector<int> runnable;
+  // The block's threads: runnable (a stack, drawn from the back), released from a warp
+  // collective but not yet runnable, waiting at the block barrier, exited.
+  int runnable[kMaxThreads];
+  int n_runnable = 0;
+  int pending[kMaxThreads];
+  int n_pending = 0;
+  unsigned arrived[kMaxThreads / 32];  // per warp: the lanes waiting at a warp collective
+  int at_block = 0;
+  const Fiber* first_at_block = nullptr;
+  bool block_sites_differ = false;
+  int exited = 0;
   Rng rng{0};
   uint64_t seed = 0;
   Stats stats{0, 0, 0, 0};
 };
 
-Scheduler& sched() {
-  static Scheduler* s = new Scheduler();  // never destroyed: fibers may outlive static destruction
-  return *s;
-}
+Scheduler* const sched = new Scheduler();  // never destroyed: fibers may outlive static destruction
 
 thread_local cudaError_t pending_error = cudaSuccess;
 thread_local std::string pending_message;
@@ -157,6 +165,7 @@ itr_emu_trampoline:
 )");
 #endif
 
+// ASan must be told of every stack switch (it tracks the current stack's bounds).
 void asan_start_switch(void** fake_stack_save, const void* bottom, size_t size) {
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_start_switch_fiber(fake_stack_save, bottom, size);
@@ -165,33 +174,53 @@ void asan_start_switch(void** fake_stack_save, const void* bottom, size_t size) 
 #endif
 }
 
-void asan_finish_switch(void* fake_stack_save, const void** old_bottom, size_t* old_size) {
+void asan_finish_switch(void* fake_stack_save) {
 #if defined(__SANITIZE_ADDRESS__)
-  __sanitizer_finish_switch_fiber(fake_stack_save, old_bottom, old_size);
+  __sanitizer_finish_switch_fiber(fake_stack_save, nullptr, nullptr);
 #else
-  (void)fake_stack_save, (void)old_bottom, (void)old_size;
+  (void)fake_stack_save;
 #endif
 }
 
-// In a fiber: back to the scheduler, until the scheduler resumes this fiber.
-void suspend() {
-  Scheduler& s = sched();
-  Fiber& f = s.fibers[s.current];
-  asan_start_switch(&f.fake_stack, s.main_bottom, s.main_size);
 #if defined(ITR_EMU_USE_UCONTEXT)
-  swapcontext(&f.context, &s.main_context);
+#define ITR_EMU_SWITCH(from_context, to_context) swapcontext(&(from_context), &(to_context))
 #else
-  itr_emu_switch(&f.sp, s.main_sp);
+#define ITR_EMU_SWITCH(from_sp, to_sp) itr_emu_switch(&(from_sp), (to_sp))
 #endif
-  asan_finish_switch(f.fake_stack, &s.main_bottom, &s.main_size);
+#if defined(ITR_EMU_USE_UCONTEXT)
+#define ITR_EMU_CONTEXT(x) (x).context
+#define ITR_EMU_MAIN_CONTEXT(s) (s).main_context
+#else
+#define ITR_EMU_CONTEXT(x) (x).sp
+#define ITR_EMU_MAIN_CONTEXT(s) (s).main_sp
+#endif
+
+// In a fiber: hands the CPU to the next runnable thread of the block, or back to the scheduler
+// when there is none; returns when this thread is resumed.
+void suspend() {
+  Scheduler& s = *sched;
+  Fiber& f = s.fibers[s.current];
+  if (s.n_runnable > 0 && s.fault.empty()) {
+    const int next = s.runnable[--s.n_runnable];
+    Fiber& t = s.fibers[next];
+    s.current = next;
+    threadIdx = t.idx;
+    asan_start_switch(&f.fake_stack, t.stack, kStackBytes);
+    ITR_EMU_SWITCH(ITR_EMU_CONTEXT(f), ITR_EMU_CONTEXT(t));
+  } else {
+    asan_start_switch(&f.fake_stack, s.main_bottom, s.main_size);
+    ITR_EMU_SWITCH(ITR_EMU_CONTEXT(f), ITR_EMU_MAIN_CONTEXT(s));
+  }
+  asan_finish_switch(f.fake_stack);
 }
 
 [[noreturn]] void fiber_loop(int index) {
-  Scheduler& s = sched();
-  asan_finish_switch(nullptr, &s.main_bottom, &s.main_size);
+  Scheduler& s = *sched;
+  asan_finish_switch(nullptr);
   for (;;) {  // one iteration per block of the launch
     s.body(s.ctx);
     s.fibers[index].state = State::kExited;
+    ++s.exited;
     suspend();
   }
 }
@@ -238,33 +267,30 @@ void init_fiber(Scheduler& s, int i) {
   makecontext(&f.context, reinterpret_cast<void (*)()>(fiber_entry_uc), 1, i);
 #else
   // The frame itr_emu_switch pops: r15, r14, r13, r12 (= i), rbx, rbp (= 0, ends backtraces), and
-  // the return address (the trampoline), leaving the stack 16-byte aligned for its call.
-  const uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + kStackBytes - 16) & ~uintptr_t(15);
-  void** sp = reinterpret_cast<void**>(top);
+  // the return address (the trampoline), leaving the stack 16-byte aligned for its call. The tops
+  // are staggered by 320 bytes: stacks 128 KiB apart would all map to the same cache sets.
+  const uintptr_t top = reinterpret_cast<uintptr_t>(f.stack) + kStackBytes - 64 - (i % 128) * 320;
+  void** sp = reinterpret_cast<void**>(top & ~uintptr_t(15));
   *--sp = reinterpret_cast<void*>(&itr_emu_trampoline);
-  *--sp = nullptr;                                                   // rbp
-  *--sp = nullptr;                                                   // rbx
-  *--sp = reinterpret_cast<void*>(static_cast<intptr_t>(i));        // r12
-  *--sp = nullptr;                                                   // r13
-  *--sp = nullptr;                                                   // r14
-  *--sp = nullptr;                                                   // r15
+  *--sp = nullptr;                                             // rbp
+  *--sp = nullptr;                                             // rbx
+  *--sp = reinterpret_cast<void*>(static_cast<intptr_t>(i));  // r12
+  *--sp = nullptr;                                             // r13
+  *--sp = nullptr;                                             // r14
+  *--sp = nullptr;                                             // r15
   f.sp = sp;
 #endif
   f.fake_stack = nullptr;
 }
 
+// From the scheduler: runs thread i, and the runnable threads it hands over to, until none is left.
 void resume(Scheduler& s, int i) {
   Fiber& f = s.fibers[i];
   s.current = i;
   threadIdx = f.idx;
-  f.state = State::kRunnable;
   asan_start_switch(&s.main_fake_stack, f.stack, kStackBytes);
-#if defined(ITR_EMU_USE_UCONTEXT)
-  swapcontext(&s.main_context, &f.context);
-#else
-  itr_emu_switch(&s.main_sp, f.sp);
-#endif
-  asan_finish_switch(s.main_fake_stack, nullptr, nullptr);
+  ITR_EMU_SWITCH(ITR_EMU_MAIN_CONTEXT(s), ITR_EMU_CONTEXT(f));
+  asan_finish_switch(s.main_fake_stack);
 }
 
 // ---- reports ----
@@ -287,6 +313,12 @@ std::string site(const char* file, int line) {
 
 std::string dim(const dim3& d) {
   return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
+}
+
+std::string hex(unsigned mask) {
+  char m[16];
+  std::snprintf(m, sizeof m, "0x%08x", mask);
+  return m;
 }
 
 // "0-99, 128, 130-131"
@@ -319,9 +351,7 @@ std::string where(const Scheduler& s) {
     } else if (f.state == State::kAtBlockBarrier) {
       what = "wait at __syncthreads() " + site(f.file, f.line);
     } else {
-      char mask[16];
-      std::snprintf(mask, sizeof mask, "0x%08x", f.mask);
-      what = "wait at the warp collective " + site(f.file, f.line) + " with mask " + mask + " (warp " +
+      what = "wait at the warp collective " + site(f.file, f.line) + " with mask " + hex(f.mask) + " (warp " +
              std::to_string(i / 32) + ")";
     }
     auto g = groups.begin();
@@ -343,89 +373,92 @@ bool same_site(const Fiber& a, const Fiber& b) {
   return a.line == b.line && (a.file == b.file || std::strcmp(a.file, b.file) == 0);
 }
 
-// Releases every warp collective whose lanes have all arrived at the same call with the same mask,
-// exchanging their values; appends the released threads to `out`.
-void release_warps(Scheduler& s, std::vector<int>& out) {
-  const int warps = (s.n_threads + 31) / 32;
-  for (int w = 0; w < warps; ++w) {
-    Fiber* lanes = s.fibers + 32 * w;
-    const int n = s.n_threads - 32 * w < 32 ? s.n_threads - 32 * w : 32;
-    unsigned handled = 0;
-    for (int l = 0; l < n; ++l) {
-      const Fiber& f = lanes[l];
-      if (f.state != State::kAtWarpBarrier || (handled >> l & 1)) continue;
-      const unsigned mask = f.mask;
-      handled |= mask;
-      bool complete = true;
-      for (int m = 0; m < 32 && complete; ++m) {
-        if (!(mask >> m & 1)) continue;
-        complete = m < n && lanes[m].state == State::kAtWarpBarrier && lanes[m].mask == mask &&
-                   same_site(lanes[m], f);
-      }
-      if (!complete) continue;
-      uint64_t received[32];
-      for (int m = 0; m < 32; ++m)
-        if (mask >> m & 1) received[m] = (mask >> lanes[m].src & 1) ? lanes[lanes[m].src].value : ~uint64_t(0);
-      for (int m = 0; m < 32; ++m) {
-        if (!(mask >> m & 1)) continue;
-        lanes[m].value = received[m];
-        lanes[m].state = State::kRunnable;
-        out.push_back(32 * w + m);
-      }
-    }
+// Every lane of `mask` in warp w has arrived: if all at the same call with the same mask, exchange
+// their values and release them (they become runnable at the next release round).
+void release_warp(Scheduler& s, int w, unsigned mask, const Fiber& caller) {
+  Fiber* lanes = s.fibers + 32 * w;
+  for (unsigned m = mask; m; m &= m - 1) {
+    const Fiber& l = lanes[__builtin_ctz(m)];
+    if (l.mask != mask || !same_site(l, caller)) return;  // mismatched collectives: reported as a deadlock
   }
+  uint64_t received[32];
+  for (unsigned m = mask; m; m &= m - 1) {
+    const int lane = __builtin_ctz(m);
+    const int src = lanes[lane].src;
+    received[lane] = (mask >> src & 1) ? lanes[src].value : ~uint64_t(0);  // a lane outside the mask: poison
+  }
+  for (unsigned m = mask; m; m &= m - 1) {
+    const int lane = __builtin_ctz(m);
+    lanes[lane].value = received[lane];
+    lanes[lane].state = State::kRunnable;
+    s.pending[s.n_pending++] = 32 * w + lane;
+  }
+  s.arrived[w] &= ~mask;
 }
 
+[[noreturn]] __attribute__((noinline)) void lane_not_in_mask(Scheduler& s, unsigned mask, const char* file,
+                                                              int line) {
+  s.fault = "thread " + std::to_string(s.current) + " calls the warp collective at " + site(file, line) +
+            " with mask " + hex(mask) + ", which does not include its own lane " + std::to_string(s.current & 31);
+  s.fibers[s.current].state = State::kExited;
+  suspend();  // to the scheduler (a fault stops the hand-overs), which throws; never resumed
+  __builtin_unreachable();
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+// ASan puts redzones between the shared variables (so it reports out-of-bounds shared accesses
+// too): fill past its memset check, with a loop g++ must not turn into a memset call.
+__attribute__((no_sanitize_address, optimize("no-tree-loop-distribute-patterns"))) void poison_shared() {
+  uint64_t* p = reinterpret_cast<uint64_t*>(itr_emu_shared_begin);  // the section is 32-byte aligned and sized
+  for (; p < reinterpret_cast<uint64_t*>(itr_emu_shared_end); ++p) *p = ~uint64_t(0);
+}
+#else
+void poison_shared() { std::memset(itr_emu_shared_begin, 0xFF, itr_emu_shared_end - itr_emu_shared_begin); }
+#endif
+
 void run_block(Scheduler& s) {
-  char* const begin = __start_itr_emu_shared;
-  char* const end = __stop_itr_emu_shared;
-  if (end > begin) std::memset(begin, 0xFF, end - begin);
+  poison_shared();
   const int n = s.n_threads;
-  s.runnable.resize(n);
   for (int i = 0; i < n; ++i) {
     s.fibers[i].state = State::kRunnable;
     s.runnable[i] = i;
   }
-  s.rng.shuffle(s.runnable.data(), n);
-  std::vector<int> released;
-  released.reserve(n);
+  s.rng.shuffle(s.runnable, n);
+  s.n_runnable = n;
+  s.n_pending = 0;
+  std::memset(s.arrived, 0, sizeof s.arrived);
+  s.at_block = s.exited = 0;
+  s.first_at_block = nullptr;
+  s.block_sites_differ = false;
   for (;;) {
-    while (!s.runnable.empty()) {
-      const int i = s.runnable.back();
-      s.runnable.pop_back();
+    if (s.n_runnable > 0) {
+      const int i = s.runnable[--s.n_runnable];
       resume(s, i);
       if (!s.fault.empty()) {
         s.stacks_dirty = true;
         throw std::runtime_error("CUDA emulation: " + s.fault + " (" + where(s) + ")");
       }
+      continue;
     }
-    released.clear();
-    release_warps(s, released);
-    if (released.empty()) {
-      // The block barrier: every thread waits at the same __syncthreads().
-      int at_barrier = 0, exited = 0;
-      const Fiber* first = nullptr;
-      bool same = true;
-      for (int i = 0; i < n; ++i) {
-        const Fiber& f = s.fibers[i];
-        if (f.state == State::kExited) {
-          ++exited;
-        } else if (f.state == State::kAtBlockBarrier) {
-          ++at_barrier;
-          if (!first) first = &f;
-          same = same && same_site(f, *first);
-        }
-      }
-      if (exited == n) return;
-      if (at_barrier != n || !same) deadlock(s);
+    if (s.n_pending > 0) {  // warp collectives released since the last round
+      std::memcpy(s.runnable, s.pending, s.n_pending * sizeof(int));
+      s.n_runnable = s.n_pending;
+      s.n_pending = 0;
+    } else if (s.exited == n) {
+      return;
+    } else if (s.at_block == n && !s.block_sites_differ) {  // every thread at the same __syncthreads()
       for (int i = 0; i < n; ++i) {
         s.fibers[i].state = State::kRunnable;
-        released.push_back(i);
+        s.runnable[i] = i;
       }
+      s.n_runnable = n;
+      s.at_block = 0;
+      s.first_at_block = nullptr;
+    } else {
+      deadlock(s);
     }
+    s.rng.shuffle(s.runnable, s.n_runnable);
     ++s.stats.releases;
-    s.rng.shuffle(released.data(), released.size());
-    s.runnable.assign(released.begin(), released.end());
   }
 }
 
@@ -448,10 +481,26 @@ std::string config_error(dim3 grid, dim3 block) {
   return "";
 }
 
+void find_main_stack(Scheduler& s) {
+#if defined(__SANITIZE_ADDRESS__)
+  pthread_attr_t attr;
+  void* addr = nullptr;
+  size_t size = 0;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    pthread_attr_getstack(&attr, &addr, &size);
+    pthread_attr_destroy(&attr);
+  }
+  s.main_bottom = addr;
+  s.main_size = size;
+#else
+  (void)s;
+#endif
+}
+
 }  // namespace
 
 void launch_erased(const char* name, dim3 grid, dim3 block, void (*body)(void*), void* ctx) {
-  Scheduler& s = sched();
+  Scheduler& s = *sched;
   std::lock_guard<std::mutex> lock(s.mutex);
   s.kernel = kernel_name(name);
   const std::string bad = config_error(grid, block);
@@ -460,6 +509,7 @@ void launch_erased(const char* name, dim3 grid, dim3 block, void (*body)(void*),
     return;
   }
   allocate_stacks(s);
+  find_main_stack(s);
   s.n_threads = static_cast<int>(block.x * block.y * block.z);
   s.body = body;
   s.ctx = ctx;
@@ -486,45 +536,42 @@ void launch_erased(const char* name, dim3 grid, dim3 block, void (*body)(void*),
 }
 
 void sync_block(const char* file, int line) {
-  Scheduler& s = sched();
+  Scheduler& s = *sched;
   Fiber& f = s.fibers[s.current];
   f.state = State::kAtBlockBarrier;
   f.file = file;
   f.line = line;
+  if (s.at_block++ == 0) s.first_at_block = &f;
+  else if (!same_site(f, *s.first_at_block)) s.block_sites_differ = true;
   suspend();
 }
 
 uint64_t warp_exchange(unsigned mask, uint64_t value, int src_lane, const char* file, int line) {
-  Scheduler& s = sched();
+  Scheduler& s = *sched;
   Fiber& f = s.fibers[s.current];
-  const int lane = s.current & 31;
-  if (!(mask >> lane & 1)) {
-    char m[16];
-    std::snprintf(m, sizeof m, "0x%08x", mask);
-    s.fault = "thread " + std::to_string(s.current) + " calls the warp collective at " + site(file, line) +
-              " with mask " + m + ", which does not include its own lane " + std::to_string(lane);
-    f.state = State::kExited;
-    suspend();  // never resumed: the scheduler throws
-  }
+  const int lane = s.current & 31, warp = s.current >> 5;
+  if (!(mask >> lane & 1)) lane_not_in_mask(s, mask, file, line);
   f.state = State::kAtWarpBarrier;
   f.mask = mask;
   f.src = src_lane;
   f.value = value;
   f.file = file;
   f.line = line;
+  s.arrived[warp] |= 1u << lane;
+  if ((s.arrived[warp] & mask) == mask) release_warp(s, warp, mask, f);
   suspend();
   return f.value;
 }
 
 void set_seed(uint64_t seed) {
-  Scheduler& s = sched();
+  Scheduler& s = *sched;
   std::lock_guard<std::mutex> lock(s.mutex);
   s.seed = seed;
 }
 
-uint64_t seed() { return sched().seed; }
+uint64_t seed() { return sched->seed; }
 
-Stats stats() { return sched().stats; }
+Stats stats() { return sched->stats; }
 
 void check(cudaError_t err, const char* expr) {
   if (err != cudaSuccess) {

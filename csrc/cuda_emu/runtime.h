@@ -29,9 +29,10 @@
 
 // Shared memory: function-local statics. noinit (not section(...), which g++ 12 drops for statics
 // of template instantiations) puts each in a .noinit.* section; csrc/cuda_emu/shared.ld gathers
-// those into the one section itr_emu_shared, which the runtime poisons before every block.
+// those into one section, which the runtime poisons before every block. used: without it, g++
+// folds the reads of a never-written static to 0 instead of reading the poison.
 #undef __shared__
-#define __shared__ static __attribute__((noinit))
+#define __shared__ static __attribute__((noinit, used))
 #define __launch_bounds__(...)
 
 // Built-in variables, set by the scheduler before it resumes a thread.

@@ -2,7 +2,8 @@
 // has a defect that the emulation must report, or exercises one of its primitives. They are CUDA
 // kernels written as for nvcc, run through the same launch<kernel>() as csrc/cuda/*.cu, and
 // reachable from Python as itr_emu_selftest::run(kernel, x, grid, block, arg) -> out, where out
-// has one float per launched thread (threads numbered x fastest, then blocks).
+// has one float per launched thread (threads numbered x fastest, then blocks), or one for the
+// kernels that write none or one.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -115,7 +116,8 @@ at::Tensor run(const std::string& kernel, const at::Tensor& x, at::IntArrayRef g
   const dim3 block(block_size[0], block_size[1], block_size[2]);
   const at::Tensor in = x.to(at::kFloat).contiguous();
   const int64_t threads = grid_size[0] * grid_size[1] * grid_size[2] * block_size[0] * block_size[1] * block_size[2];
-  at::Tensor out = at::zeros({kernel == "two_barrier_rounds" ? 1 : threads}, in.options());
+  const bool per_thread = kernel != "two_barrier_rounds" && kernel != "nothing";
+  at::Tensor out = at::zeros({per_thread ? threads : 1}, in.options());
   const float* i = in.const_data_ptr<float>();
   float* o = out.mutable_data_ptr<float>();
   using cuda::launch;
