@@ -18,9 +18,10 @@
 namespace itr {
 
 // 2^x for the exponents above (x <= ~0). On the CPU, float uses the branch-free polynomial, which
-// vectorises, and flushes below 2^-64 to 0: every query's largest term is >= 2^-kSharedSpan, so a
-// flushed term is < 2^-48 of it, and -inf scores give exactly 0, as exp does.
-#if defined(__CUDA_ARCH__)
+// vectorises, and flushes below 2^-64 (where the polynomial clamps) to 0: every query's largest
+// term is >= 2^-kSharedSpan, so a flushed term is < 2^-40 of it, and -inf scores give exactly 0,
+// as exp does.
+#if defined(ITR_DEVICE_CODE)
 __device__ __forceinline__ float exp2_shifted(float x) { return ex2_approx(x); }
 __device__ __forceinline__ double exp2_shifted(double x) { return exp2(x); }
 #else
@@ -30,10 +31,11 @@ inline double exp2_shifted(double x) { return exp2(x); }
 
 // One exponential per score can serve both directions when every row's and column's largest score
 // lies within kSharedSpan / k of the overall largest (then all share that shift). The exponent
-// x = (s - shift) * k then reaches kSharedSpan, and its rounding (eps * |x|) costs each weight at
-// most ln(2) * 16 * 2^-23 = 1.3e-6 (float32) relative; otherwise each direction uses its own
-// shift (two exponentials per score), where the terms that matter have |x| of a few units.
-constexpr double kSharedSpan = 16.0;
+// x = (s - shift) * k then reaches kSharedSpan, and its two roundings (2^-23 * |x|) cost each
+// weight at most ln(2) * 24 * 2^-23 = 2.0e-6 (float32) relative; otherwise each direction uses its
+// own shift (two exponentials per score), where the terms that matter have |x| of a few units.
+// 24 covers the spread of in-batch maxima at CLIP's temperatures (about 0.15 in cosine at T = 0.01).
+constexpr double kSharedSpan = 24.0;
 
 // Loss of one query from its negatives' sum `neg` = sum_{j != p} 2^x_j, the positive's term
 // `pos` = 2^x_p and exponent x_p: -log(pos / (neg + pos)). log1p keeps the digits of a small loss
@@ -64,18 +66,20 @@ ITR_HD T infonce_finish(T pos_score, T shift, T neg, T k, T& inv_total, T& neg_s
 
 // A running sum of 2^((s - max) * k) over scores s, with max the largest score seen (the CUDA
 // kernels' one-pass form; the CPU kernels find the maxima first so that their loops vectorise).
-// add_max records a score in the max without summing it (a query's positive). NaN propagates;
-// -inf scores add nothing.
+// add_max records a score in the max without summing it (a query's positive). A NaN score makes
+// max NaN for good; -inf scores add nothing (max stays -inf while nothing else came: empty).
 template <typename T>
 struct ShiftedSum {
   T max = -INFINITY, sum = T(0);
   ITR_HD void add_max(T s, T k) {
+    if (max != max) return;
     if (!(s <= max)) {  // a larger score, or NaN
       sum = sum == T(0) ? T(0) : sum * exp2_shifted((max - s) * k);
       max = s;
     }
   }
   ITR_HD void add(T s, T k) {
+    if (max != max) return;
     if (!(s <= max)) {
       sum = (sum == T(0) ? T(0) : sum * exp2_shifted((max - s) * k)) + T(1);
       max = s;
@@ -84,6 +88,7 @@ struct ShiftedSum {
     }
   }
   ITR_HD void merge(const ShiftedSum& o, T k) {
+    if (o.max == -INFINITY || max != max) return;
     if (!(o.max <= max)) {
       sum = o.sum + (sum == T(0) ? T(0) : sum * exp2_shifted((max - o.max) * k));
       max = o.max;
