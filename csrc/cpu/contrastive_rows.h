@@ -31,6 +31,13 @@ void for_each_row_block(int64_t rows, int64_t cols, const F& f) {
   });
 }
 
+// Runs f(begin, end) over the B columns whose block partials (`blocks` per column) are merged: in
+// parallel only where that is worth a parallel region (2^16 merges per task), serially otherwise.
+template <typename F>
+void for_each_merged_column(int64_t cols, int64_t blocks, const F& f) {
+  at::parallel_for(0, cols, std::max<int64_t>(256, (int64_t(1) << 16) / std::max<int64_t>(1, blocks)), f);
+}
+
 // Row i of a contiguous (rows, cols) matrix in T: in place when the types agree, else converted into buf.
 template <typename T, typename scalar_t>
 const T* load_row(const scalar_t* s, int64_t cols, int64_t i, T* buf) {

@@ -81,7 +81,7 @@ void infonce_square(const scalar_t* s, int64_t B, T k, scalar_t* loss, T* stats)
       fold_max_or_nan(r, B, cm);
     }
   });
-  at::parallel_for(0, B, 1024, [&](int64_t j0, int64_t j1) {
+  for_each_merged_column(B, blocks, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       T m = -INFINITY;
       for (int64_t blk = 0; blk < blocks; ++blk) m = merge_max_or_nan(m, col_part[blk * B + j]);
@@ -109,7 +109,7 @@ void infonce_square(const scalar_t* s, int64_t B, T k, scalar_t* loss, T* stats)
                                 split_sweep(r, i + 1, B, row_max[i], col_max.data(), k, cp);
     }
   });
-  at::parallel_for(0, B, 256, [&](int64_t q0, int64_t q1) {
+  for_each_merged_column(B, blocks, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       T col_neg = 0;
       for (int64_t blk = 0; blk < blocks; ++blk) col_neg += col_part[blk * B + q];

@@ -20,14 +20,27 @@ namespace itr {
 namespace cpu {
 namespace {
 
-// The hardest negative of a row, every column but p.
+// The hardest negative of a row, every column but p: the maxima of chunks of the row (vectorised),
+// then the first maximal column inside the first chunk that holds the row's maximum (or a NaN).
 template <typename T>
 Hardest<T> hardest_in_row(const T* r, int64_t n, int64_t p) {
+  constexpr int64_t kChunk = 64;
   Hardest<T> h;
   if (n < 2) return h;
-  const T m = merge_max_or_nan(max_or_nan(r, 0, p), max_or_nan(r, p + 1, n));
-  for (int64_t j = 0; j < n; ++j) {
-    if (j != p && (r[j] == m || (m != m && r[j] != r[j]))) {
+  T best = -INFINITY;
+  int64_t chunk = -1;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t c1 = std::min(n, c0 + kChunk);
+    const T m = p >= c0 && p < c1 ? merge_max_or_nan(max_or_nan(r, c0, p), max_or_nan(r, p + 1, c1))
+                                  : max_or_nan(r, c0, c1);
+    if (chunk < 0 || m > best || m != m) {
+      best = m;
+      chunk = c0;
+      if (m != m) break;
+    }
+  }
+  for (int64_t j = chunk; j < std::min(n, chunk + kChunk); ++j) {
+    if (j != p && (r[j] == best || (best != best && r[j] != r[j]))) {
       h.score = r[j];
       h.index = j;
       break;
@@ -100,7 +113,7 @@ void triplet_square(const scalar_t* s, int64_t B, T margin, bool max_violation, 
         fold_hardest(r, i + 1, B, static_cast<int32_t>(i), m, c);
       }
     });
-    at::parallel_for(0, B, 256, [&](int64_t q0, int64_t q1) {
+    for_each_merged_column(B, blocks, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         Hardest<T> col;
         for (int64_t blk = 0; blk < blocks; ++blk) {
@@ -127,7 +140,7 @@ void triplet_square(const scalar_t* s, int64_t B, T margin, bool max_violation, 
       row_cnt[i] = cnt;
     }
   });
-  at::parallel_for(0, B, 256, [&](int64_t q0, int64_t q1) {
+  for_each_merged_column(B, blocks, [&](int64_t q0, int64_t q1) {
     for (int64_t q = q0; q < q1; ++q) {
       T sum = 0, cnt = 0;
       for (int64_t blk = 0; blk < blocks; ++blk) {
