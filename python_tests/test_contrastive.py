@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import itr_kernels as ik
 from itr_kernels import reference as ref
@@ -330,6 +332,41 @@ def test_triplet_modules_use_the_kernel(gen):
     scores = cosine_scores(b, b, gen)
     for kw in (dict(), dict(reduction="sum"), dict(max_violation=False)):
         torch.testing.assert_close(ik.TripletLoss(**kw)(scores), ref.TripletLoss(**kw)(scores))
+
+
+# ---- properties (CPU, bounded example counts) ----
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 40), temperature=st.sampled_from([1.0, 0.1, 0.01, 1e-4]),
+       spread=st.sampled_from([0.01, 1.0, 30.0]), seed=st.integers(0, 2**31 - 1))
+def test_infonce_properties(b, temperature, spread, seed):
+    """float32 within 1e-5 of the truth whatever the size, temperature and score range (shared or
+    split shifts); permuting images and captions together permutes the per-query losses."""
+    g = torch.Generator().manual_seed(seed)
+    s = (torch.randn(b, b, generator=g, dtype=torch.float64) * spread).float()
+    upstream = torch.rand(2, b, generator=g, dtype=torch.float64) + 0.5
+    out, grad = run(ik.infonce_loss, s, temperature, "none", upstream=upstream)
+    truth, truth_grad = infonce_truth(s, temperature, upstream=upstream)
+    assert_close_to_truth(out, truth, None, torch.float32, atol=1e-7)
+    assert_close_to_truth(grad, truth_grad, None, torch.float32, atol=1e-7)
+    perm = torch.randperm(b, generator=g)
+    torch.testing.assert_close(ik.infonce_loss(s[perm][:, perm], temperature, "none"), out[:, perm], rtol=1e-5,
+                               atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 40), max_violation=st.booleans(), levels=st.sampled_from([2, 5, 1000]),
+       seed=st.integers(0, 2**31 - 1))
+def test_triplet_properties(b, max_violation, levels, seed):
+    """Scores on a grid (many exact ties, hinges exactly at the kink with margin 0.25): values and
+    gradients equal the truth's (first maximal index; no gradient at the kink)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, levels, (b, b), generator=g).float() / 4
+    upstream = torch.randn(2, b, generator=g)
+    out, grad = run(ik.triplet_loss, s, 0.25, max_violation, "none", upstream=upstream)
+    truth, truth_grad = triplet_truth(s, 0.25, max_violation, upstream=upstream)
+    torch.testing.assert_close(out.double(), truth, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad.double(), truth_grad, rtol=1e-6, atol=1e-5)
 
 
 # ---- the op contract ----
