@@ -26,7 +26,7 @@
 #else
 #define ITR_OPS_NAMESPACE itr_kernels
 #define ITR_OPS_DISPATCH_KEY CUDA
-#define ITR_CUDA_CHECK(expr) ITR_CUDA_CHECK(expr)
+#define ITR_CUDA_CHECK(expr) C10_CUDA_CHECK(expr)
 #endif
 
 namespace itr {
@@ -41,7 +41,7 @@ struct DeviceGuard {
 cudaStream_t current_stream() { return nullptr; }
 #else
 using DeviceGuard = c10::cuda::CUDAGuard;
-cudaStream_t current_stream() { return current_stream(); }
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
 #endif
 
 Dtype dtype_of(const at::Tensor& t) {
@@ -178,8 +178,7 @@ std::tuple<at::Tensor, at::Tensor> infonce_cuda(const at::Tensor& scores, const 
   at::Tensor work = at::empty({itr::cuda::infonce_work_bytes(matrix_of(scores), !P.defined())},
                               scores.options().dtype(at::kByte));
   ITR_CUDA_CHECK(itr::cuda::infonce(matrix_of(scores), long_ptr(P), temperature, work.mutable_data_ptr(),
-                                    loss.mutable_data_ptr(), stats.mutable_data_ptr(),
-                                    current_stream()));
+                                    loss.mutable_data_ptr(), stats.mutable_data_ptr(), current_stream()));
   return {loss, stats};
 }
 
@@ -192,8 +191,7 @@ at::Tensor infonce_backward_cuda(const at::Tensor& grad, const at::Tensor& score
   const at::Tensor G = grad.to(acc_type(scores)).contiguous(), St = stats.to(acc_type(scores)).contiguous();
   at::Tensor out = at::empty(scores.sizes(), scores.options());
   ITR_CUDA_CHECK(itr::cuda::infonce_backward(matrix_of(scores), long_ptr(P), G.const_data_ptr(), St.const_data_ptr(),
-                                             temperature, out.mutable_data_ptr(),
-                                             current_stream()));
+                                             temperature, out.mutable_data_ptr(), current_stream()));
   return out;
 }
 
@@ -221,9 +219,13 @@ at::Tensor vse_triplet_backward_cuda(const at::Tensor& grad, const at::Tensor& s
   const DeviceGuard guard(scores.device());
   const at::Tensor P = positives_long(positives);
   const at::Tensor G = grad.to(acc_type(scores)).contiguous(), A = aux.contiguous();
+  // the positives of the text-to-image queries, contiguous (square sum of hinges only)
+  const at::Tensor D =
+      !P.defined() && !max_violation ? scores.diagonal().to(acc_type(scores)).contiguous() : at::Tensor();
+  const void* diag = D.defined() ? D.const_data_ptr() : nullptr;
   at::Tensor out = at::empty(scores.sizes(), scores.options());
   ITR_CUDA_CHECK(itr::cuda::vse_triplet_backward(matrix_of(scores), long_ptr(P), G.const_data_ptr(),
-                                                 A.const_data_ptr<int64_t>(), margin, max_violation,
+                                                 A.const_data_ptr<int64_t>(), diag, margin, max_violation,
                                                  out.mutable_data_ptr(), current_stream()));
   return out;
 }

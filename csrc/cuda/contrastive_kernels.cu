@@ -284,9 +284,12 @@ __global__ void infonce_grad(Scores<In> s, const int64_t* positives, const typen
   }
 }
 
+// Sum of hinges reads each column's positive from `diag` (the diagonal in the accumulator type,
+// square only): read through S, S[j, j] would be one scattered load per score.
 template <typename In>
 __global__ void vse_triplet_grad(Scores<In> s, const int64_t* positives, const typename Traits<In>::Acc* grad,
-                                 const int64_t* aux, double margin, bool max_violation, In* out) {
+                                 const int64_t* aux, const typename Traits<In>::Acc* diag, double margin,
+                                 bool max_violation, In* out) {
   using T = typename Traits<In>::Acc;
   const T m = margin;
   const int64_t n = s.rows, cols = s.cols;
@@ -307,7 +310,7 @@ __global__ void vse_triplet_grad(Scores<In> s, const int64_t* positives, const t
     } else {
       const T x = s.at(i, j);
       const T pos = p >= 0 ? s.at(i, p) : T(NAN);
-      v = (m + x - pos > T(0) ? grad[i] : T(0)) + (square && m + x - s.at(j, j) > T(0) ? grad[n + j] : T(0));
+      v = (m + x - pos > T(0) ? grad[i] : T(0)) + (square && m + x - diag[j] > T(0) ? grad[n + j] : T(0));
     }
     out[e] = from_acc<In>(v);
   }
@@ -372,14 +375,15 @@ cudaError_t vse_triplet(Matrix scores, const int64_t* positives, double margin, 
 }
 
 cudaError_t vse_triplet_backward(Matrix scores, const int64_t* positives, const void* grad_acc, const int64_t* aux,
-                                 double margin, bool max_violation, void* out, cudaStream_t stream) {
+                                 const void* diag_acc, double margin, bool max_violation, void* out,
+                                 cudaStream_t stream) {
   if (scores.rows == 0 || scores.cols == 0) return cudaSuccess;
   return dispatch(scores.dtype, [&](auto in) {
     using In = decltype(in);
     using T = typename Traits<In>::Acc;
     launch<vse_triplet_grad<In>>(flat_grid(scores.rows * scores.cols), kThreads, stream, scores_of<In>(scores),
-                                 positives, static_cast<const T*>(grad_acc), aux, margin, max_violation,
-                                 static_cast<In*>(out));
+                                 positives, static_cast<const T*>(grad_acc), aux, static_cast<const T*>(diag_acc),
+                                 margin, max_violation, static_cast<In*>(out));
   });
 }
 
