@@ -30,7 +30,7 @@ def reduce_rows(per_row, counted, reduction):
         count = per_row.new_tensor(per_row.numel()) if counted is None else counted.sum()
         return per_row.sum() / _denominator_hook(count).clamp(min=1).to(per_row.dtype)
     if counted is None:   # an empty batch gives 0, not the NaN of an empty mean
-        return per_row.sum() / max(per_row.numel(), 1)
+        return per_row.mean() if per_row.numel() > 0 else per_row.sum()
     return per_row.sum() / counted.sum().clamp(min=1)
 
 
