@@ -213,6 +213,28 @@ def test_vse_triplet(b, dtype, max_violation, gen):
     compare("vse_triplet_backward", (upstream, scores, positives, aux, 0.2, max_violation), dtype)
 
 
+def test_contrastive_special_values(gen):
+    """NaN, -inf and +inf scores through the public API on the emulated kernels, as on the CPU:
+    a NaN reaches only its row's and column's losses, a -inf negative adds nothing."""
+    import itr_kernels as ik
+
+    b = 70   # two row tiles
+    scores = cosine_scores(b, b, gen).float()
+    scores[3, 5] = float("nan")
+    scores[10, 2] = -float("inf")
+    scores[20, 21] = float("inf")
+    calls = [lambda s: ik.infonce_loss(s, 0.05, "none"), lambda s: ik.triplet_loss(s, reduction="none"),
+             lambda s: ik.triplet_loss(s, max_violation=False, reduction="none")]
+    for call in calls:
+        want = call(scores)
+        with cuda_emu.routed():
+            got = call(scores)
+        assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(torch.isinf(got), torch.isinf(want))
+        finite = torch.isfinite(want)
+        torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-6)
+        assert torch.isnan(want[0, 3]) and torch.isnan(want[1, 5])
+
+
 # Every phi in every dtype; past 1024 columns (the slow cases) one phi per (columns, dtype), cycling.
 KENDALL_CASES = [(n, dtype, phi) for i, n in enumerate(COLS) for j, dtype in enumerate(ALL_DTYPES) for phi in range(3)
                  if n <= 1024 or phi == (i + j) % 3]
