@@ -17,6 +17,7 @@ import time
 
 import torch
 import torch.utils.benchmark as tbench
+from torch._functorch import config as functorch_config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import itr_kernels as ik  # noqa: E402
@@ -24,6 +25,8 @@ from itr_kernels import reference as ref  # noqa: E402
 from memory import peak_extra_bytes  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The backward is timed on a retained graph, which a compiled backward with donated buffers refuses.
+functorch_config.donated_buffer = False
 IMPLS = ("fused", "eager", "compiled")
 PASSES = ("fwd", "bwd", "fwd+bwd")
 
@@ -45,8 +48,9 @@ class Case:
     """A benchmark case: the loss over a function namespace, its pair terms per pass (None where
     that is not the measure), and whether the reference materialises (B, B, B) tensors."""
 
-    def __init__(self, build, pairs=None, cubic_reference=True):
+    def __init__(self, build, pairs=None, cubic_reference=True, temperature=False):
         self.build, self.pairs, self.cubic_reference = build, pairs, cubic_reference
+        self.temperature = temperature   # takes --temperature, not --tau (recorded in the tau column)
 
 
 CASES = {
@@ -55,7 +59,14 @@ CASES = {
     "kendall_full": Case(lambda F, tau: (lambda s, r: F.kendall_loss(s, r)), lambda b: b**3),
     "kendall_swhs": Case(lambda F, tau: (lambda s, r: F.kendall_loss(s, r, sampling="swhs")), cubic_reference=False),
     "triplet_sn": Case(lambda F, tau: (lambda s, r: F.triplet_sn_loss(s)), lambda b: 2 * b**2, cubic_reference=False),
+    # The fused VSE++ kernel against the plain tensor code of itr_kernels.reference.
     "triplet": Case(lambda F, tau: (lambda s, r: F.triplet_loss(s)), lambda b: 2 * b**2, cubic_reference=False),
+    "triplet_sum": Case(lambda F, tau: (lambda s, r: F.triplet_loss(s, max_violation=False)), lambda b: 2 * b**2,
+                        cubic_reference=False),
+    # The fused InfoNCE kernel against F.cross_entropy over both directions (reference.infonce_loss),
+    # at the loss's default temperature (--temperature).
+    "infonce": Case(lambda F, t: (lambda s, r: F.infonce_loss(s, t)), lambda b: 2 * b**2, cubic_reference=False,
+                    temperature=True),
 }
 
 
@@ -166,6 +177,7 @@ def main(argv=None):
     p.add_argument("--impls", default=",".join(IMPLS))
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     p.add_argument("--tau", type=float, default=0.01)
+    p.add_argument("--temperature", type=float, default=0.05, help="InfoNCE's temperature (the infonce case)")
     p.add_argument("--min-run-time", type=float, default=None, help="seconds of timing per measurement")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
@@ -180,22 +192,24 @@ def main(argv=None):
     min_run_time = args.min_run_time or (0.3 if args.quick else 1.0)
     name = device_name(device)
     sfu_rate = sfu_pairs_per_second(device)
-    print(f"# itr_kernels bench on {name}; torch {torch.__version__}; {args.dtype}; tau {args.tau}")
+    print(f"# itr_kernels bench on {name}; torch {torch.__version__}; {args.dtype}; tau {args.tau}; "
+          f"InfoNCE temperature {args.temperature}")
     if sfu_rate:
         print(f"# special-function floor: {sfu_rate:.3g} pair terms/s (SMs x 16/clock x max clock)")
 
     rows = []
     for case in cases:
+        tau = args.temperature if CASES[case].temperature else args.tau
         for b in sizes:
             results = {}
             for impl in impls:
                 t0 = time.perf_counter()
-                results[impl] = measure(case, impl, b, dtype, device, args.tau, min_run_time)
+                results[impl] = measure(case, impl, b, dtype, device, tau, min_run_time)
                 print(f"#   {case} B={b} {impl}: measured in {time.perf_counter() - t0:.0f} s", flush=True)
             for impl in impls:
                 for pas in PASSES:
                     r = results[impl][pas]
-                    row = dict(device=name, case=case, impl=impl, dtype=args.dtype, B=b, tau=args.tau, pass_=pas,
+                    row = dict(device=name, case=case, impl=impl, dtype=args.dtype, B=b, tau=tau, pass_=pas,
                                median_ms=r.get("t", float("nan")) * 1e3, pair_terms_per_s=r.get("pairs_per_s"),
                                peak_extra_MiB=None if r.get("mem") is None else r["mem"] / 2**20, status=r["status"])
                     # Fraction of the special-function floor reached (one special op per pair term).

@@ -99,6 +99,67 @@ inline void check_swhs_args(const at::Tensor& scores, const at::Tensor& relevanc
   TORCH_CHECK_VALUE(stride >= 1, "stride must be >= 1, got ", stride);
 }
 
+// The column of each row's positive (rectangular scores); the CPU kernels also check the range.
+inline void check_positives(const c10::optional<at::Tensor>& positives, const at::Tensor& scores) {
+  if (!positives.has_value()) {
+    TORCH_CHECK_VALUE(scores.size(0) == scores.size(1),
+                      "scores must be a square in-batch matrix (or pass positives), got ", scores.sizes());
+    return;
+  }
+  const at::Tensor& p = *positives;
+  TORCH_CHECK_VALUE(p.dim() == 1 && p.size(0) == scores.size(0), "positives must be 1-D with one column per row (",
+                    scores.size(0), ",), got ", p.sizes());
+  TORCH_CHECK_TYPE(p.scalar_type() == at::kLong || p.scalar_type() == at::kInt,
+                   "positives must be an integer tensor of column indices, got ", p.scalar_type());
+  TORCH_CHECK_VALUE(p.device() == scores.device(), "positives must be on the device of scores (", scores.device(),
+                    "), got ", p.device());
+}
+
+// Queries of a contrastive loss: both directions of a square matrix, or the rows with positives.
+inline int64_t query_directions(const c10::optional<at::Tensor>& positives) { return positives.has_value() ? 1 : 2; }
+
+inline void check_contrastive_grad(const at::Tensor& grad, const at::Tensor& scores,
+                                   const c10::optional<at::Tensor>& positives) {
+  const int64_t d = query_directions(positives), q = scores.size(0);
+  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({d, q}), "grad must have shape (", d, ", ", q, "), got ",
+                    grad.sizes());
+}
+
+inline void check_infonce_args(const at::Tensor& scores, const c10::optional<at::Tensor>& positives,
+                               double temperature) {
+  check_scores(scores);
+  check_positives(positives, scores);
+  check_temperature(temperature);
+}
+
+inline void check_infonce_backward_args(const at::Tensor& grad, const at::Tensor& scores,
+                                        const c10::optional<at::Tensor>& positives, const at::Tensor& stats,
+                                        double temperature) {
+  check_infonce_args(scores, positives, temperature);
+  check_contrastive_grad(grad, scores, positives);
+  const int64_t d = query_directions(positives), q = scores.size(0);
+  TORCH_CHECK_VALUE(stats.sizes() == at::IntArrayRef({d, 3, q}), "stats must have shape (", d, ", 3, ", q,
+                    "), got ", stats.sizes());
+}
+
+inline void check_vse_triplet_args(const at::Tensor& scores, const c10::optional<at::Tensor>& positives,
+                                   double margin) {
+  check_scores(scores);
+  check_positives(positives, scores);
+  TORCH_CHECK_VALUE(std::isfinite(margin), "margin must be a finite number, got ", margin);
+}
+
+inline void check_vse_triplet_backward_args(const at::Tensor& grad, const at::Tensor& scores,
+                                            const c10::optional<at::Tensor>& positives, const at::Tensor& aux,
+                                            double margin) {
+  check_vse_triplet_args(scores, positives, margin);
+  check_contrastive_grad(grad, scores, positives);
+  const int64_t d = query_directions(positives), q = scores.size(0);
+  TORCH_CHECK_VALUE(aux.sizes() == at::IntArrayRef({d, q}) && aux.scalar_type() == at::kLong,
+                    "aux must be an int64 tensor of shape (", d, ", ", q, "), got ", aux.scalar_type(), " ",
+                    aux.sizes());
+}
+
 // SW-HS window steps on n candidates: while the lower window is non-empty.
 inline int64_t swhs_steps(int64_t n, int64_t window, int64_t stride) {
   return n > window ? (n - window + stride - 1) / stride : 0;

@@ -23,6 +23,18 @@ inline void define_ops(torch::Library& m) {
   m.def(
       "triplet_sn_backward(Tensor grad, Tensor scores, Tensor? relevance, Tensor lse, float margin, "
       "float temperature, float rho) -> Tensor");
+  // InfoNCE: per-query losses, (2, B) [image-to-text, text-to-image] of a square in-batch matrix or
+  // (1, Q) of the rows of (Q, N) scores against `positives`, and per query (shift score, 1 / sum of
+  // the shifted exponentials, the negatives' share of that sum) (D, 3, Q), which the backward reuses.
+  m.def("infonce(Tensor scores, Tensor? positives, float temperature) -> (Tensor, Tensor)");
+  m.def(
+      "infonce_backward(Tensor grad, Tensor scores, Tensor? positives, Tensor stats, float temperature) -> Tensor");
+  // VSE++ triplet: per-query losses as infonce, and per query (D, Q) int64: with max_violation the
+  // hardest negative's index while its hinge is active (else -1), otherwise the active hinge count.
+  m.def("vse_triplet(Tensor scores, Tensor? positives, float margin, bool max_violation) -> (Tensor, Tensor)");
+  m.def(
+      "vse_triplet_backward(Tensor grad, Tensor scores, Tensor? positives, Tensor aux, float margin, "
+      "bool max_violation) -> Tensor");
   // Kendall ranking loss, full pair form: per-row sums, per-row pair counts and (if compute_grad)
   // d sum[q] / d S[q, :]. phi: 0 hinge, 1 logistic, 2 tanh.
   m.def(

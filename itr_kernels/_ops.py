@@ -79,6 +79,26 @@ def register(namespace):
         grad = scores.new_empty(scores.shape if compute_grad else (0,))
         return scores.new_empty((q,)), scores.new_empty((q,), dtype=torch.int64), grad
 
+    # contrastive ops (SPEC sections 4 and 5b): both directions of a square matrix, or rows with
+    # the column of each one's positive
+    @torch.library.register_fake(f"{namespace}::infonce")
+    def _infonce_fake(scores, positives, temperature):
+        d, q = _query_shape(scores, positives)
+        return scores.new_empty((d, q)), scores.new_empty((d, 3, q), dtype=_acc_dtype(scores))
+
+    @torch.library.register_fake(f"{namespace}::infonce_backward")
+    def _infonce_backward_fake(grad, scores, positives, stats, temperature):
+        return scores.new_empty(scores.shape)
+
+    @torch.library.register_fake(f"{namespace}::vse_triplet")
+    def _vse_triplet_fake(scores, positives, margin, max_violation):
+        shape = _query_shape(scores, positives)
+        return scores.new_empty(shape), scores.new_empty(shape, dtype=torch.int64)
+
+    @torch.library.register_fake(f"{namespace}::vse_triplet_backward")
+    def _vse_triplet_backward_fake(grad, scores, positives, aux, margin, max_violation):
+        return scores.new_empty(scores.shape)
+
     @torch.library.register_fake(f"{namespace}::kendall_swhs")
     def _kendall_swhs_fake(scores, relevance, valid, window, stride, gap):
         shape = (scores.shape[0], swhs_steps(scores.shape[1], window, stride))
@@ -99,22 +119,37 @@ def register(namespace):
     torch.library.register_autograd(f"{namespace}::smooth_rank", smooth_rank_backward,
                                     setup_context=smooth_rank_setup)
 
-    def triplet_sn_setup(ctx, inputs, output):
-        scores, relevance, margin, temperature, rho = inputs
-        _, lse = output
-        ctx.mark_non_differentiable(lse)
-        ctx.save_for_backward(scores, relevance, lse)
-        ctx.args = (margin, temperature, rho)
-
-    def triplet_sn_backward(ctx, grad_loss, grad_lse):
-        scores, relevance, lse = ctx.saved_tensors
-        grad = lib.triplet_sn_backward(grad_loss, scores, relevance, lse, *ctx.args)
-        return grad, None, None, None, None
-
-    torch.library.register_autograd(f"{namespace}::triplet_sn", triplet_sn_backward, setup_context=triplet_sn_setup)
+    _register_loss_aux_autograd(namespace, "triplet_sn")
+    _register_loss_aux_autograd(namespace, "infonce")
+    _register_loss_aux_autograd(namespace, "vse_triplet")
 
     _register_row_grad_autograd(namespace, "smooth_ndcg", "itr_kernels.smooth_ndcg_loss")
     _register_row_grad_autograd(namespace, "kendall_full", "itr_kernels.kendall_loss")
+
+
+def _query_shape(scores, positives):
+    """(directions, queries) of a contrastive op: both directions of a square matrix, or the rows."""
+    return (1 if positives is not None else 2, scores.shape[0])
+
+
+def _register_loss_aux_autograd(namespace, name):
+    """Autograd of an op (scores, tensor or None, *scalars) -> (per-query losses, auxiliary) whose
+    backward op `<name>_backward` takes (grad, scores, tensor or None, auxiliary, *scalars): the
+    forward saves O(B) per-query statistics and the backward recomputes the rest from scores."""
+    backward_op = getattr(getattr(torch.ops, namespace), f"{name}_backward")
+
+    def setup(ctx, inputs, output):
+        scores, other, *scalars = inputs
+        _, aux = output
+        ctx.mark_non_differentiable(aux)
+        ctx.save_for_backward(scores, other, aux)
+        ctx.scalars = scalars
+
+    def backward(ctx, grad_loss, grad_aux):
+        scores, other, aux = ctx.saved_tensors
+        return (backward_op(grad_loss, scores, other, aux, *ctx.scalars), None) + (None,) * len(ctx.scalars)
+
+    torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
 
 
 def _register_row_grad_autograd(namespace, name, public):

@@ -29,8 +29,8 @@ def reduce_rows(per_row, counted, reduction):
     if _denominator_hook is not None:
         count = per_row.new_tensor(per_row.numel()) if counted is None else counted.sum()
         return per_row.sum() / _denominator_hook(count).clamp(min=1).to(per_row.dtype)
-    if counted is None:
-        return per_row.mean()
+    if counted is None:   # an empty batch gives 0, not the NaN of an empty mean
+        return per_row.mean() if per_row.numel() > 0 else per_row.sum()
     return per_row.sum() / counted.sum().clamp(min=1)
 
 
@@ -102,20 +102,8 @@ def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean", posit
     "none" gives (Q,) losses.
     """
     _triplet_args(scores, margin, reduction, positives)
-    if positives is not None:
-        pos = scores.gather(1, positives.long()[:, None])
-        hinge = (margin + scores - pos).clamp(min=0).scatter(1, positives.long()[:, None], 0)
-        return reduce_rows(hinge.amax(dim=1) if max_violation else hinge.sum(dim=1), None, reduction)
-    positives = scores.diagonal()
-    off_diagonal = ~torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    # One hinge matrix per direction: row i against its positive S[i, i], column j against S[j, j].
-    i2t = (margin + scores - positives.unsqueeze(1)).clamp(min=0) * off_diagonal
-    t2i = (margin + scores - positives.unsqueeze(0)).clamp(min=0) * off_diagonal
-    if max_violation:
-        per_row = torch.stack([i2t.amax(dim=1), t2i.amax(dim=0)])
-    else:
-        per_row = torch.stack([i2t.sum(dim=1), t2i.sum(dim=0)])
-    return reduce_rows(per_row, None, reduction)
+    loss, _ = _ops.ops.vse_triplet(scores, positives, float(margin), bool(max_violation))
+    return reduce_rows(loss if positives is None else loss[0], None, reduction)
 
 
 def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str = "mean",
@@ -148,11 +136,5 @@ def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str
         >>> loss = infonce_loss(s @ s.T, temperature=0.05)
     """
     _infonce_args(scores, temperature, reduction, positives)
-    logits = scores / temperature
-    if positives is not None:
-        col = positives.long()[:, None]
-        per_row = torch.logsumexp(logits, dim=1) - logits.gather(1, col)[:, 0]
-        return reduce_rows(per_row, None, reduction)
-    diag = logits.diagonal()
-    per_row = torch.stack([torch.logsumexp(logits, dim=1) - diag, torch.logsumexp(logits, dim=0) - diag])
-    return reduce_rows(per_row, None, reduction)
+    loss, _ = _ops.ops.infonce(scores, positives, float(temperature))
+    return reduce_rows(loss if positives is None else loss[0], None, reduction)

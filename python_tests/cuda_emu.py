@@ -27,7 +27,7 @@ CSRC = os.path.join(ROOT, "csrc")
 SANITIZE = os.environ.get("ITR_EMU_SANITIZE", "0") == "1"
 HEADERS = ("cuda_runtime.h", "cuda_fp16.h", "cuda_bf16.h")
 SOURCES = ["cuda_emu/runtime.cpp", "cuda_emu/module.cpp", "cuda_emu/ranking_kernels.cpp", "cuda_emu/bcls_kernels.cpp",
-           "cuda/bindings.cpp", "cuda_emu/selftest_kernels.cpp"]
+           "cuda_emu/contrastive_kernels.cpp", "cuda/bindings.cpp", "cuda_emu/selftest_kernels.cpp"]
 # Thread orders every emulated case runs under (ITR_EMU_SEEDS="1,2,3"); their outputs must agree bit for bit.
 SEEDS = tuple(int(s) for s in os.environ.get("ITR_EMU_SEEDS", "1,2,3").split(","))
 

@@ -25,7 +25,7 @@ def test_cuda_graphs_reduce_overhead(gen):
     bcls = ik.BCLSLoss(window=4)
 
     def step(s, r):
-        return loss_fn(s, r) + bcls(s, r) + ik.kendall_loss(s, r)
+        return loss_fn(s, r) + bcls(s, r) + ik.kendall_loss(s, r) + ik.infonce_loss(s, 0.05) + ik.triplet_loss(s)
 
     compiled = torch.compile(step, mode="reduce-overhead")
     for _ in range(3):  # record, then replay
@@ -39,15 +39,19 @@ def test_cuda_graphs_reduce_overhead(gen):
     torch.testing.assert_close(s.grad, s_ref.grad)
 
 
-@pytest.mark.parametrize("fn", ["rank", "ndcg", "kendall"])
+@pytest.mark.parametrize("fn", ["rank", "ndcg", "kendall", "infonce", "triplet", "triplet_sum"])
 def test_long_rows_match_cpu(fn, gen):
     q, n = 2, 20000
     scores = cosine_scores(q, n, gen)
     rel = torch.rand(q, n, generator=gen, dtype=torch.float64)
     valid = torch.rand(q, n, generator=gen) > 0.1
+    pos = torch.tensor([7, n - 1])
     call = {"rank": lambda s, d: ik.smooth_rank(s, 0.01, valid.to(d)),
             "ndcg": lambda s, d: ik.smooth_ndcg_loss(s, rel.to(d), 0.01, valid=valid.to(d), reduction="none"),
-            "kendall": lambda s, d: ik.kendall_loss(s, rel.to(d), valid=valid.to(d), reduction="none")}[fn]
+            "kendall": lambda s, d: ik.kendall_loss(s, rel.to(d), valid=valid.to(d), reduction="none"),
+            "infonce": lambda s, d: ik.infonce_loss(s, 0.01, "none", pos.to(d)),
+            "triplet": lambda s, d: ik.triplet_loss(s, 0.2, True, "none", pos.to(d)),
+            "triplet_sum": lambda s, d: ik.triplet_loss(s, 0.2, False, "none", pos.to(d))}[fn]
     outs = []
     for device in ("cpu", "cuda"):
         s = scores.to(device).requires_grad_()
@@ -96,6 +100,7 @@ def test_deterministic_on_gpu(gen):
     for _ in range(2):
         s = scores.clone().requires_grad_()
         loss = ik.BCLSLoss(sampling="full")(s, rel) + ik.smooth_ndcg_loss(s, rel) + ik.triplet_sn_loss(s, rel, rho=0.8)
+        loss = loss + ik.infonce_loss(s, 0.02) + ik.triplet_loss(s, max_violation=False)
         loss.backward()
         runs.append((loss.detach(), s.grad))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

@@ -184,6 +184,76 @@ def test_triplet_sn(b, dtype, gen):
     compare("triplet_sn_backward", (upstream, scores, relevance, lse, margin, temperature, rho), dtype)
 
 
+# The contrastive kernels' edges: 64-row by 128-column tiles, 8 rows per warp, 4 columns per lane
+CONTRASTIVE_SIZES = [1, 2, 33, 64, 65, 129, 200]
+
+
+def contrastive_inputs(b, dtype, gen, i, j):
+    """Square (b, b) scores, or (b, b + 37) rows with random positives, in a cycling layout."""
+    square = variant([True, False], i, j)
+    scores = scores_in(variant(LAYOUTS, i, j + 1), b, b if square else b + 37, dtype, gen)
+    positives = None if square else torch.randint(0, b + 37, (b,), generator=gen)
+    return scores, positives, (2 if square else 1)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("b", CONTRASTIVE_SIZES)
+def test_infonce(b, dtype, gen):
+    """Losses and gradients against the CPU op's; the statistics differ by design (the CPU may
+    shift every query by one common score, the GPU shifts each by its own largest)."""
+    i, j = CONTRASTIVE_SIZES.index(b), ALL_DTYPES.index(dtype)
+    scores, positives, d = contrastive_inputs(b, dtype, gen, i, j)
+    temperature = variant([0.05, 0.01, 0.5], i, j)
+    ops = torch.ops.itr_kernels
+    loss, stats = run_emulated("infonce", scores, positives, temperature)
+    cpu_loss, cpu_stats = ops.infonce(scores, positives, temperature)
+    truth_loss, truth_stats = ops.infonce(scores.double(), positives, temperature)
+    assert_accurate(loss, cpu_loss, truth_loss, dtype, "infonce loss")
+    s = scores.float() if dtype != torch.float64 else scores
+    query_max = torch.stack([s.amax(dim=1), s.amax(dim=0)]) if d == 2 else s.amax(dim=1)[None]
+    assert torch.equal(stats[:, 0], query_max.to(stats.dtype))   # each query's shift: its largest score
+    upstream = torch.randn(d, b, generator=gen, dtype=torch.float64).to(dtype)
+    (grad,) = run_emulated("infonce_backward", upstream, scores, positives, stats, temperature)
+    cpu_grad = ops.infonce_backward(upstream, scores, positives, cpu_stats, temperature)
+    truth_grad = ops.infonce_backward(upstream.double(), scores.double(), positives, truth_stats, temperature)
+    assert_accurate(grad, cpu_grad, truth_grad, dtype, "infonce_backward")
+
+
+@pytest.mark.parametrize("max_violation", [True, False])
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("b", CONTRASTIVE_SIZES)
+def test_vse_triplet(b, dtype, max_violation, gen):
+    i, j = CONTRASTIVE_SIZES.index(b), ALL_DTYPES.index(dtype)
+    scores, positives, d = contrastive_inputs(b, dtype, gen, i, j + max_violation)
+    if variant([False, True], i, j):   # exact ties among the hardest negatives
+        scores = (scores * 4).round() / 4
+    _, aux = compare("vse_triplet", (scores, positives, 0.2, max_violation), dtype)
+    upstream = torch.randn(d, b, generator=gen, dtype=torch.float64).to(dtype)
+    compare("vse_triplet_backward", (upstream, scores, positives, aux, 0.2, max_violation), dtype)
+
+
+def test_contrastive_special_values(gen):
+    """NaN, -inf and +inf scores through the public API on the emulated kernels, as on the CPU:
+    a NaN reaches only its row's and column's losses, a -inf negative adds nothing."""
+    import itr_kernels as ik
+
+    b = 70   # two row tiles
+    scores = cosine_scores(b, b, gen).float()
+    scores[3, 5] = float("nan")
+    scores[10, 2] = -float("inf")
+    scores[20, 21] = float("inf")
+    calls = [lambda s: ik.infonce_loss(s, 0.05, "none"), lambda s: ik.triplet_loss(s, reduction="none"),
+             lambda s: ik.triplet_loss(s, max_violation=False, reduction="none")]
+    for call in calls:
+        want = call(scores)
+        with cuda_emu.routed():
+            got = call(scores)
+        assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(torch.isinf(got), torch.isinf(want))
+        finite = torch.isfinite(want)
+        torch.testing.assert_close(got[finite], want[finite], rtol=1e-5, atol=1e-6)
+        assert torch.isnan(want[0, 3]) and torch.isnan(want[1, 5])
+
+
 # Every phi in every dtype; past 1024 columns (the slow cases) one phi per (columns, dtype), cycling.
 KENDALL_CASES = [case for case in cases(COLS, (0,), (1,), (2,))
                  if case.values[0] <= 1024 or case.values[2] == (COLS.index(case.values[0]) +

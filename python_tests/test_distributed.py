@@ -36,7 +36,7 @@ def test_without_a_process_group_the_wrapper_is_the_square_loss(gen):
     rel = torch.rand(8, 8, generator=gen, dtype=torch.float64)
     rel.fill_diagonal_(1)
     assert gather_with_grad(img) is img
-    for loss in (ik.TripletLoss(), ik.ListwiseITRLoss(), ik.BCLSLoss()):
+    for loss in (ik.TripletLoss(), ik.ListwiseITRLoss(), ik.BCLSLoss(), ik.InfoNCELoss(0.1)):
         torch.testing.assert_close(GlobalBatchLoss(loss)(img, txt, rel, rel.T.contiguous()), loss(img @ txt.T, rel))
 
 

@@ -1,5 +1,5 @@
 // Registers the CUDA kernels for the itr_kernels ops: checks, device guard, the current stream,
-// outputs and workspace; the kernels themselves live in ranking_kernels.cu and bcls_kernels.cu.
+// outputs and workspace; the kernels themselves live in the csrc/cuda/*.cu files.
 // Built with -DITR_CUDA_EMU (csrc/cuda_emu/), the same code registers the kernels run by the CPU
 // emulation of CUDA for the itr_kernels_emu ops, on CPU tensors.
 #include <ATen/ATen.h>
@@ -159,6 +159,77 @@ at::Tensor triplet_sn_backward_cuda(const at::Tensor& grad, const at::Tensor& sc
   return out;
 }
 
+// The positive columns as int64 (the Python API checked their range; the kernels give a NaN loss
+// for an index out of range rather than read outside the matrix).
+at::Tensor positives_long(const c10::optional<at::Tensor>& positives) {
+  return positives.has_value() ? positives->to(at::kLong).contiguous() : at::Tensor();
+}
+
+const int64_t* long_ptr(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<int64_t>() : nullptr; }
+
+std::tuple<at::Tensor, at::Tensor> infonce_cuda(const at::Tensor& scores, const c10::optional<at::Tensor>& positives,
+                                                double temperature) {
+  check_infonce_args(scores, positives, temperature);
+  const DeviceGuard guard(scores.device());
+  const int64_t Q = scores.size(0), D = query_directions(positives);
+  const at::Tensor P = positives_long(positives);
+  at::Tensor loss = at::empty({D, Q}, scores.options());
+  at::Tensor stats = at::empty({D, 3, Q}, scores.options().dtype(acc_type(scores)));
+  at::Tensor work = at::empty({itr::cuda::infonce_work_bytes(matrix_of(scores), !P.defined())},
+                              scores.options().dtype(at::kByte));
+  ITR_CUDA_CHECK(itr::cuda::infonce(matrix_of(scores), long_ptr(P), temperature, work.mutable_data_ptr(),
+                                    loss.mutable_data_ptr(), stats.mutable_data_ptr(), current_stream()));
+  return {loss, stats};
+}
+
+at::Tensor infonce_backward_cuda(const at::Tensor& grad, const at::Tensor& scores,
+                                 const c10::optional<at::Tensor>& positives, const at::Tensor& stats,
+                                 double temperature) {
+  check_infonce_backward_args(grad, scores, positives, stats, temperature);
+  const DeviceGuard guard(scores.device());
+  const at::Tensor P = positives_long(positives);
+  const at::Tensor G = grad.to(acc_type(scores)).contiguous(), St = stats.to(acc_type(scores)).contiguous();
+  at::Tensor out = at::empty(scores.sizes(), scores.options());
+  ITR_CUDA_CHECK(itr::cuda::infonce_backward(matrix_of(scores), long_ptr(P), G.const_data_ptr(), St.const_data_ptr(),
+                                             temperature, out.mutable_data_ptr(), current_stream()));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> vse_triplet_cuda(const at::Tensor& scores,
+                                                    const c10::optional<at::Tensor>& positives, double margin,
+                                                    bool max_violation) {
+  check_vse_triplet_args(scores, positives, margin);
+  const DeviceGuard guard(scores.device());
+  const int64_t Q = scores.size(0), D = query_directions(positives);
+  const at::Tensor P = positives_long(positives);
+  at::Tensor loss = at::empty({D, Q}, scores.options());
+  at::Tensor aux = at::empty({D, Q}, scores.options().dtype(at::kLong));
+  at::Tensor work = at::empty({itr::cuda::vse_triplet_work_bytes(matrix_of(scores), !P.defined(), max_violation)},
+                              scores.options().dtype(at::kByte));
+  ITR_CUDA_CHECK(itr::cuda::vse_triplet(matrix_of(scores), long_ptr(P), margin, max_violation,
+                                        work.mutable_data_ptr(), loss.mutable_data_ptr(),
+                                        aux.mutable_data_ptr<int64_t>(), current_stream()));
+  return {loss, aux};
+}
+
+at::Tensor vse_triplet_backward_cuda(const at::Tensor& grad, const at::Tensor& scores,
+                                     const c10::optional<at::Tensor>& positives, const at::Tensor& aux, double margin,
+                                     bool max_violation) {
+  check_vse_triplet_backward_args(grad, scores, positives, aux, margin);
+  const DeviceGuard guard(scores.device());
+  const at::Tensor P = positives_long(positives);
+  const at::Tensor G = grad.to(acc_type(scores)).contiguous(), A = aux.contiguous();
+  // the positives of the text-to-image queries, contiguous (square sum of hinges only)
+  const at::Tensor D =
+      !P.defined() && !max_violation ? scores.diagonal().to(acc_type(scores)).contiguous() : at::Tensor();
+  const void* diag = D.defined() ? D.const_data_ptr() : nullptr;
+  at::Tensor out = at::empty(scores.sizes(), scores.options());
+  ITR_CUDA_CHECK(itr::cuda::vse_triplet_backward(matrix_of(scores), long_ptr(P), G.const_data_ptr(),
+                                                 A.const_data_ptr<int64_t>(), diag, margin, max_violation,
+                                                 out.mutable_data_ptr(), current_stream()));
+  return out;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cuda(const at::Tensor& scores, const at::Tensor& relevance,
                                                                  const c10::optional<at::Tensor>& valid, double gap,
                                                                  int64_t phi, double margin, double temperature,
@@ -211,6 +282,10 @@ TORCH_LIBRARY_IMPL(ITR_OPS_NAMESPACE, ITR_OPS_DISPATCH_KEY, m) {
   m.impl("smooth_ndcg", &smooth_ndcg_cuda);
   m.impl("triplet_sn", &triplet_sn_cuda);
   m.impl("triplet_sn_backward", &triplet_sn_backward_cuda);
+  m.impl("infonce", &infonce_cuda);
+  m.impl("infonce_backward", &infonce_backward_cuda);
+  m.impl("vse_triplet", &vse_triplet_cuda);
+  m.impl("vse_triplet_backward", &vse_triplet_backward_cuda);
   m.impl("kendall_full", &kendall_full_cuda);
   m.impl("kendall_swhs", &kendall_swhs_cuda);
 }

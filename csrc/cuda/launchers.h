@@ -40,6 +40,25 @@ cudaError_t triplet_sn(Matrix scores, const void* relevance_acc, double margin, 
 cudaError_t triplet_sn_backward(Matrix scores, const void* relevance_acc, const void* grad_acc, const void* lse_acc,
                                 double margin, double temperature, double rho, void* out, cudaStream_t stream);
 
+// InfoNCE: square scores (positives null: both directions, the diagonal positive) or rows against
+// positives[q]; loss (D, Q) of the scores' dtype, stats (D, 3, Q) of the accumulator type (shift,
+// 1 / total, negatives' share). `work` holds infonce_work_bytes(scores, square) bytes of partials.
+int64_t infonce_work_bytes(Matrix scores, bool square);
+cudaError_t infonce(Matrix scores, const int64_t* positives, double temperature, void* work, void* loss, void* stats,
+                    cudaStream_t stream);
+cudaError_t infonce_backward(Matrix scores, const int64_t* positives, const void* grad_acc, const void* stats_acc,
+                             double temperature, void* out, cudaStream_t stream);
+
+// VSE++ triplet, shaped as infonce; aux (D, Q): the hardest negative while active, else -1 (max
+// violation), or the active hinge count (sum of hinges). The backward of a square matrix's sum of
+// hinges reads the diagonal from diag_acc (B, accumulator type); null otherwise.
+int64_t vse_triplet_work_bytes(Matrix scores, bool square, bool max_violation);
+cudaError_t vse_triplet(Matrix scores, const int64_t* positives, double margin, bool max_violation, void* work,
+                        void* loss, int64_t* aux, cudaStream_t stream);
+cudaError_t vse_triplet_backward(Matrix scores, const int64_t* positives, const void* grad_acc, const int64_t* aux,
+                                 const void* diag_acc, double margin, bool max_violation, void* out,
+                                 cudaStream_t stream);
+
 // Kendall full form: per-row sums (scores' dtype), pair counts (int64) and, if grad != nullptr,
 // d sum[q] / d S[q, :]. `work` holds 16 bytes per (row, tile): partial sums, then int64 counts,
 // where tiles = kendall_tiles(cols).

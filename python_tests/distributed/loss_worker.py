@@ -24,6 +24,8 @@ def main():
         "triplet": ik.TripletLoss(),
         "triplet_sum": ik.TripletLoss(reduction="sum"),
         "triplet_vse0": ik.TripletLoss(max_violation=False),
+        "infonce": ik.InfoNCELoss(temperature=0.1),
+        "infonce_learned": ik.InfoNCELoss(learn_temperature=True),
         "listwise": ik.ListwiseITRLoss(tau=0.05),
         "listwise_top3": ik.ListwiseITRLoss(tau=0.05, k=3, gain="linear"),
         "triplet_sn": ik.BCLSLoss(mu=0.0, temperature=0.05, rho=0.9),
