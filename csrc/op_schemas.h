@@ -35,13 +35,16 @@ inline void define_ops(torch::Library& m) {
   m.def(
       "vse_triplet_backward(Tensor grad, Tensor scores, Tensor? positives, Tensor aux, float margin, "
       "bool max_violation) -> Tensor");
-  // Kendall ranking loss, full pair form: per-row sums, per-row pair counts and (if compute_grad)
-  // d sum[q] / d S[q, :]. phi: 0 hinge, 1 logistic, 2 tanh.
+  // Kendall ranking loss, full pair form: per-row sums in the accumulator dtype (float32 for
+  // float16 / bfloat16 / float32 scores, float64 for float64: a sum grows with N^2), per-row pair
+  // counts (int64) and (if compute_grad) d sum[q] / d S[q, :] in the scores' dtype. phi: 0 hinge,
+  // 1 logistic, 2 tanh. A NaN score in a pair gives a NaN sum for every phi.
   m.def(
       "kendall_full(Tensor scores, Tensor relevance, Tensor? valid, float gap, int phi, float margin, "
       "float temperature, bool compute_grad) -> (Tensor, Tensor, Tensor)");
-  // SW-HS selection: per row and window step, the hard upper column, the hard lower column, and
-  // whether the windows' relevance gap exceeds `gap`. Shapes (Q, steps).
+  // SW-HS selection: per row and window step, the hard upper column (lowest score), the hard lower
+  // column (highest score), and whether the windows' relevance gap exceeds `gap`. Shapes (Q, steps).
+  // A NaN score is the hardest of its window; ties (NaN with NaN too) go to the lower column.
   m.def(
       "kendall_swhs(Tensor scores, Tensor relevance, Tensor? valid, int window, int stride, float gap) "
       "-> (Tensor, Tensor, Tensor)");

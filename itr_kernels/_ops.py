@@ -77,7 +77,8 @@ def register(namespace):
     def _kendall_full_fake(scores, relevance, valid, gap, phi, margin, temperature, compute_grad):
         q = scores.shape[0]
         grad = scores.new_empty(scores.shape if compute_grad else (0,))
-        return scores.new_empty((q,)), scores.new_empty((q,), dtype=torch.int64), grad
+        # the sums in the accumulator dtype (they grow with N^2), as the kernels return them
+        return scores.new_empty((q,), dtype=_acc_dtype(scores)), scores.new_empty((q,), dtype=torch.int64), grad
 
     # contrastive ops (SPEC sections 4 and 5b): both directions of a square matrix, or rows with
     # the column of each one's positive
@@ -167,7 +168,10 @@ def _register_row_grad_autograd(namespace, name, public):
         if row_grad.dim() != 2:
             raise RuntimeError(f"{namespace}::{name} was called with compute_grad=False; call it with "
                                f"compute_grad=True to differentiate it ({public} does this)")
-        return (row_grad * grad_values.unsqueeze(-1).to(row_grad.dtype),) + (None,) * (ctx.n_inputs - 1)
+        # In the wider of the two dtypes (Kendall's float32 sums of float16 scores: an upstream 1 / count
+        # is subnormal in float16), then in the scores' dtype.
+        grad = row_grad * grad_values.unsqueeze(-1)
+        return (grad.to(row_grad.dtype),) + (None,) * (ctx.n_inputs - 1)
 
     torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
 

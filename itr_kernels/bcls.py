@@ -83,17 +83,25 @@ def kendall_loss(scores, relevance, gap=None, phi="hinge", margin=0.0, temperatu
     sampling "full": every such pair, O(Q*N) memory (gap default 0.3). "swhs": sliding windows of
     `window` positions (stride `stride`, default `window`) over each row sorted by relevance; each
     upper/lower window pair whose relevance gap exceeds `gap` (default 0) contributes its hardest
-    pair only. "mean" divides by the total pair (term) count; "none" gives per-row sums."""
+    pair only. "mean" divides by the total pair (term) count; "none" gives per-row sums.
+
+    The per-row sums and the reduction run in the accumulator dtype (float32 for float16 / bfloat16,
+    else the scores' dtype); the result is then cast to the scores' dtype. A NaN score in a pair
+    (full) or a kept window pair (swhs: a NaN is the hardest of its window) makes its row NaN."""
     gap, stride = _kendall_args(scores, relevance, gap, phi, margin, temperature, sampling, window, stride, valid,
                                 reduction)
     if sampling == "full":
         compute_grad = torch.is_grad_enabled() and scores.requires_grad
         sums, counts, _ = _ops.ops.kendall_full(scores, relevance, valid, gap, PHIS.index(phi), float(margin),
                                            float(temperature), compute_grad)
-        return reduce_rows(sums, counts, reduction)
+        return reduce_rows(sums, counts, reduction).to(scores.dtype)
     upper, lower, keep = _ops.ops.kendall_swhs(scores, relevance, valid, int(window), stride, gap)
-    terms = phi_value(scores.gather(1, lower) - scores.gather(1, upper), phi, margin, temperature)
-    return reduce_rows(torch.where(keep, terms, 0).sum(dim=1), keep.sum(dim=1), reduction)
+    acc = _ops._acc_dtype(scores)
+    # x is zeroed where a step is not kept before phi, not only the term after it: a dropped step may
+    # read a NaN (or a masked column, for steps past a short row), and 0 * phi'(NaN) would be NaN.
+    x = torch.where(keep, scores.gather(1, lower).to(acc) - scores.gather(1, upper).to(acc), 0)
+    terms = torch.where(keep, phi_value(x, phi, margin, temperature), 0)
+    return reduce_rows(terms.sum(dim=1), keep.sum(dim=1), reduction).to(scores.dtype)
 
 
 def ranknet_loss(scores, relevance, gap=0.0, temperature=1.0, valid=None, reduction="mean"):

@@ -102,10 +102,126 @@ def test_kendall_full_deterministic(device, gen):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
+def phi_truth(x, phi, margin, temperature):
+    """The Kendall surrogates in float64, NaN in, NaN out (torch.maximum propagates NaN)."""
+    if phi == "hinge":
+        return torch.maximum(x + margin, torch.zeros_like(x))
+    z = x / temperature
+    if phi == "logistic":
+        return temperature * (torch.maximum(z, torch.zeros_like(z)) + torch.log1p(torch.exp(-z.abs())))
+    return (1 + torch.tanh(z)) / 2
+
+
+def kendall_full_truth(scores, relevance, valid, gap, phi, margin, temperature):
+    """Per-row sums and pair counts of the full form in float64: every pair (j, k) of valid
+    candidates with R_j - R_k > gap, phi(S_k - S_j)."""
+    s, r = scores.double(), relevance.double()
+    live = torch.ones_like(s, dtype=torch.bool) if valid is None else valid.cpu()
+    s = torch.where(live, s, 0)  # masked scores (even NaN) enter no pair
+    pair = (r[:, :, None] - r[:, None, :] > gap) & live[:, :, None] & live[:, None, :]  # [q, j, k]
+    terms = torch.where(pair, phi_truth(s[:, None, :] - s[:, :, None], phi, margin, temperature), 0)
+    return terms.sum(dim=(1, 2)), pair.sum(dim=(1, 2))
+
+
+def kendall_swhs_truth(scores, relevance, valid, window, stride, gap, phi, margin, temperature):
+    """Per-row sums and term counts of SW-HS in float64, from brute_force_swhs's selection."""
+    s = scores.double()
+    sums, counts = [], []
+    for q, steps in enumerate(brute_force_swhs(scores.detach(), relevance, valid, window, stride, gap)):
+        kept = [(a, b) for a, b, keep in steps if keep]
+        terms = [phi_truth(s[q, b] - s[q, a], phi, margin, temperature) for a, b in kept]
+        sums.append(torch.stack(terms).sum() if terms else s.new_zeros(()))
+        counts.append(len(kept))
+    return torch.stack(sums), torch.tensor(counts)
+
+
+TRUTH_RTOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("sampling", ["full", "swhs"])
+@pytest.mark.parametrize("phi", ["hinge", "logistic", "tanh"])
+def test_kendall_nan_score_gives_nan_row(phi, sampling, dtype, device, gen):
+    """A NaN score in a pair (full) or in a kept window pair (swhs, where a NaN is the hardest of its
+    window) makes its row's loss NaN for every phi; the other rows, and a NaN at a masked candidate,
+    stay finite in loss and gradient."""
+    q, n, window = 3, 12, 4
+    scores = cosine_scores(q, n, gen)
+    # distinct relevance: every SW-HS step is kept (gap 0), and the full form's pairs are clear of gap 0.3
+    relevance = torch.argsort(torch.rand(q, n, generator=gen), dim=1).double() / n
+    valid = torch.ones(q, n, dtype=torch.bool)
+    # row 1: NaN at the second most relevant candidate (in step 0's upper window, not its first)
+    scores[1, relevance[1].argsort(descending=True)[1]] = float("nan")
+    # row 2: NaN at a masked column 0, and 7 valid candidates: its last step (of 2) is past the row
+    scores[2, 0] = float("nan")
+    valid[2, :5] = False
+    scores, relevance = scores.to(dtype), relevance.to(dtype)
+    kw = dict(phi=phi, margin=0.05, temperature=0.1, sampling=sampling, window=window)
+    s = scores.to(device).clone().requires_grad_()
+    out = ik.kendall_loss(s, relevance.to(device), valid=valid.to(device), reduction="none", **kw)
+    out.sum().backward()
+    assert out.dtype == dtype and out.shape == (q,)
+    assert torch.isnan(ik.kendall_loss(scores.to(device), relevance.to(device), valid=valid.to(device), **kw))
+
+    truth_s = scores.double().clone().requires_grad_()
+    if sampling == "full":
+        truth, _ = kendall_full_truth(truth_s, relevance, valid, 0.3, phi, 0.05, 0.1)
+    else:
+        truth, _ = kendall_swhs_truth(truth_s, relevance, valid, window, window, 0.0, phi, 0.05, 0.1)
+    assert torch.isnan(out[1]) and torch.isnan(truth[1])
+    finite = [0, 2]
+    assert torch.all(torch.isfinite(out[finite]))
+    torch.testing.assert_close(out[finite].double().cpu(), truth[finite].detach(), rtol=TRUTH_RTOL[dtype], atol=1e-6)
+    truth[finite].sum().backward()
+    grad = s.grad[finite].double().cpu()
+    assert torch.all(torch.isfinite(grad)) and torch.all(grad[1, :5] == 0)  # masked: exactly 0, the NaN too
+    torch.testing.assert_close(grad, truth_s.grad[finite], rtol=TRUTH_RTOL[dtype], atol=1e-3 if dtype in
+                               (torch.float16, torch.bfloat16) else 1e-6)
+
+
+@pytest.mark.parametrize("phi,sampling", [("hinge", "full"), ("logistic", "full"), ("tanh", "full"),
+                                          ("hinge", "swhs"), ("logistic", "swhs")])
+def test_kendall_float16_does_not_overflow(phi, sampling, device, gen):
+    """(2, 1100) in float16: a row's full-form sum (~3e5 pairs) passes float16's 65504, as do the SW-HS
+    sums of large scores; the sums and the mean run in float32, so the float16 mean and its gradient
+    match the float64 truth (and float32) instead of being inf."""
+    q, n = 2, 1100
+    scores, relevance, _ = inputs(q, n, gen)
+    relevance = (relevance * 64).round() / 64  # exact in float16; no difference within rounding of the gap
+    kw = dict(phi=phi, margin=0.05, temperature=0.1, sampling=sampling)
+    if sampling == "swhs":  # relevance distinct in float16: all ~1100 steps kept, terms of ~100 each
+        scores, kw = 1000 * scores, dict(kw, window=1)
+        relevance = torch.argsort(torch.rand(q, n, generator=gen), dim=1).double() / n
+    scores = scores.half()
+    out, grad = run(ik.kendall_loss, scores.to(device), relevance.half().to(device), **kw)
+    truth_s = scores.double().clone().requires_grad_()
+    if sampling == "full":
+        sums, counts = kendall_full_truth(truth_s, relevance.half(), None, 0.3, phi, 0.05, 0.1)
+    else:
+        sums, counts = kendall_swhs_truth(truth_s, relevance.half(), None, 1, 1, 0.0, phi, 0.05, 0.1)
+    truth = sums.sum() / counts.sum()
+    truth.backward()
+    assert sums.sum() > 65504  # the sum does overflow float16
+    assert out.dtype == torch.float16 and grad.dtype == torch.float16
+    assert torch.isfinite(out) and torch.all(torch.isfinite(grad))
+    torch.testing.assert_close(out.double().cpu(), truth.detach(), rtol=2e-3, atol=0)
+    err = (grad.double().cpu() - truth_s.grad).norm() / truth_s.grad.norm()
+    assert err <= 2e-3, err
+    out32 = ik.kendall_loss(scores.float().to(device), relevance.float().to(device), **kw)
+    torch.testing.assert_close(out.float(), out32, rtol=2e-3, atol=0)
+    # per-row sums: the op returns them in float32 (its accumulator), finite
+    if sampling == "full":
+        op_sums, op_counts, _ = ik._ops.ops.kendall_full(scores.to(device), relevance.half().to(device), None, 0.3,
+                                                         ["hinge", "logistic", "tanh"].index(phi), 0.05, 0.1, False)
+        assert op_sums.dtype == torch.float32 and torch.equal(op_counts.cpu(), counts)
+        torch.testing.assert_close(op_sums.double().cpu(), sums.detach(), rtol=1e-5, atol=0)
+
+
 # ---- Kendall, SW-HS ----
 
 def brute_force_swhs(scores, relevance, valid, window, stride, gap):
-    """SPEC section 5 as loops: per row, the (upper, lower, keep) of every window step."""
+    """SPEC section 5 as loops: per row, the (upper, lower, keep) of every window step. A NaN score
+    is the hardest of its window (lowest in the upper, highest in the lower); ties to the lower column."""
     rows = []
     for q in range(scores.shape[0]):
         s, r = scores[q].tolist(), relevance[q].tolist()
@@ -115,8 +231,8 @@ def brute_force_swhs(scores, relevance, valid, window, stride, gap):
         while t * stride + window < n:
             upper = cols[t * stride: t * stride + window]
             lower = cols[t * stride + window: t * stride + 2 * window]
-            a = min(upper, key=lambda j: (s[j], j))
-            b = min(lower, key=lambda j: (-s[j], j))
+            a = min(upper, key=lambda j: (0, 0, j) if math.isnan(s[j]) else (1, s[j], j))
+            b = min(lower, key=lambda j: (0, 0, j) if math.isnan(s[j]) else (1, -s[j], j))
             steps.append((a, b, min(r[j] for j in upper) - max(r[j] for j in lower) > gap))
             t += 1
         rows.append(steps)
@@ -144,6 +260,33 @@ def test_swhs_selection_matches_brute_force(window, stride, masked, dtype, devic
         got = list(zip(upper[row].tolist(), lower[row].tolist(), keep[row].tolist()))
         assert got[:len(steps)] == steps
         assert not any(k for _, _, k in got[len(steps):])  # steps past a short row are dropped
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_swhs_nan_score_is_the_hardest(dtype, device, gen):
+    """A NaN score is the hardest of its window (lowest-first in the upper window, NaN first in the
+    lower), before -inf and +inf; ties between NaNs go to the lower column."""
+    nan, inf = float("nan"), float("inf")
+    # relevance descending with the column: the windows are columns 0-3 and 4-7
+    scores = torch.tensor([[0.5, nan, -inf, nan, 0.2, inf, nan, 0.1],
+                           [0.5, -inf, 0.3, 0.1, nan, 0.2, inf, nan]], dtype=dtype, device=device)
+    relevance = torch.linspace(1, 0, 8, dtype=dtype).expand(2, 8).contiguous().to(device)
+    upper, lower, keep = ik._ops.ops.kendall_swhs(scores, relevance, None, 4, 4, 0.0)
+    assert upper.tolist() == [[1], [1]] and lower.tolist() == [[6], [4]] and keep.all()
+    # random scores with NaN and infinities, several window shapes, against the brute force
+    q, n = 6, 24
+    scores = (torch.randint(0, 6, (q, n), generator=gen) / 5).to(dtype)
+    special = torch.rand(q, n, generator=gen)
+    scores[special < 0.2] = nan
+    scores[(special >= 0.2) & (special < 0.25)] = inf
+    scores[(special >= 0.25) & (special < 0.3)] = -inf
+    relevance = (torch.randint(0, 5, (q, n), generator=gen) / 4).to(dtype)
+    for window, stride in [(1, 1), (3, 3), (4, 2), (8, 8)]:
+        upper, lower, keep = ik._ops.ops.kendall_swhs(scores.to(device), relevance.to(device), None, window, stride,
+                                                      0.1)
+        expected = brute_force_swhs(scores, relevance, None, window, stride, 0.1)
+        for row in range(q):
+            assert list(zip(upper[row].tolist(), lower[row].tolist(), keep[row].tolist())) == expected[row]
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -197,6 +340,7 @@ def test_opcheck(device, gen):
                                            lse, 0.2, 0.05, 0.9)),
         (ops.kendall_full.default, (req, relevance, valid, 0.1, 0, 0.1, 0.1, True)),
         (ops.kendall_full.default, (scores.float(), relevance.float(), None, 0.1, 1, 0.0, 0.1, False)),
+        (ops.kendall_full.default, (scores.half().requires_grad_(), relevance.half(), valid, 0.1, 2, 0.0, 0.1, True)),
         (ops.kendall_swhs.default, (scores, relevance, valid, 2, 1, 0.0)),
     ]:
         torch.library.opcheck(op, args)

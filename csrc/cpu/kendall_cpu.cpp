@@ -62,7 +62,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cpu(const at::Tensor
   const at::Tensor S = scores.contiguous();
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const int64_t Q = S.size(0), N = S.size(1);
-  at::Tensor sums = at::zeros({Q}, S.options());
+  // Sums in the accumulator type: a row's sum grows with N^2 and overflows float16 (65504) early.
+  const auto acc_dtype = S.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor sums = at::zeros({Q}, S.options().dtype(acc_dtype));
   at::Tensor counts = at::zeros({Q}, S.options().dtype(at::kLong));
   at::Tensor grad = at::zeros(compute_grad ? S.sizes() : at::IntArrayRef{0}, S.options());
   if (S.numel() == 0) return {sums, counts, grad};
@@ -72,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cpu(const at::Tensor
     const scalar_t* s = S.const_data_ptr<scalar_t>();
     const T* r = Rt.const_data_ptr<T>();
     const bool* v = V.defined() ? V.const_data_ptr<bool>() : nullptr;
-    scalar_t* sum_p = sums.mutable_data_ptr<scalar_t>();
+    T* sum_p = sums.mutable_data_ptr<T>();
     int64_t* count_p = counts.mutable_data_ptr<int64_t>();
     scalar_t* grad_p = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
     const T gp = static_cast<T>(gap), mp = static_cast<T>(margin), tp = static_cast<T>(temperature);
@@ -91,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cpu(const at::Tensor
         case Phi::kLogistic: total = kendall_row<Phi::kLogistic>(row.data(), r + q * N, live.data(), N, gp, mp, tp, gq, count); break;
         default: total = kendall_row<Phi::kTanh>(row.data(), r + q * N, live.data(), N, gp, mp, tp, gq, count); break;
       }
-      sum_p[q] = static_cast<scalar_t>(total);
+      sum_p[q] = total;
       count_p[q] = count;
       if (gq)
         for (int64_t j = 0; j < N; ++j) grad_p[q * N + j] = static_cast<scalar_t>(gq[j]);
@@ -146,11 +148,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cpu(const at::Tensor
         int64_t a = order[u0], b = order[l0];  // hardest: lowest-scored upper, highest-scored lower
         for (int64_t i = u0 + 1; i < u1; ++i) {
           const int64_t c = order[i];
-          if (static_cast<T>(sq[c]) < static_cast<T>(sq[a]) || (sq[c] == sq[a] && c < a)) a = c;
+          if (swhs_harder(true, static_cast<T>(sq[c]), c, static_cast<T>(sq[a]), a)) a = c;
         }
         for (int64_t i = l0 + 1; i < l1; ++i) {
           const int64_t c = order[i];
-          if (static_cast<T>(sq[c]) > static_cast<T>(sq[b]) || (sq[c] == sq[b] && c < b)) b = c;
+          if (swhs_harder(false, static_cast<T>(sq[c]), c, static_cast<T>(sq[b]), b)) b = c;
         }
         up[q * steps + t] = a;
         lo[q * steps + t] = b;

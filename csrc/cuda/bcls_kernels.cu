@@ -181,9 +181,10 @@ __global__ void __launch_bounds__(kThreads) kendall_kernel(RowReader<In> rows, i
   }
 }
 
+// Per-row sums stay in the accumulator type (they grow with N^2: float16 would overflow).
 template <typename In>
 __global__ void kendall_rows(const typename Traits<In>::Acc* part_sum, const int64_t* part_count, int64_t n_rows,
-                             int64_t tiles, In* sums, int64_t* counts) {
+                             int64_t tiles, typename Traits<In>::Acc* sums, int64_t* counts) {
   for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < n_rows;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     typename Traits<In>::Acc total = 0;
@@ -192,7 +193,7 @@ __global__ void kendall_rows(const typename Traits<In>::Acc* part_sum, const int
       total += part_sum[q * tiles + t];
       count += part_count[q * tiles + t];
     }
-    sums[q] = from_acc<In>(total);
+    sums[q] = total;
     counts[q] = count;
   }
 }
@@ -219,11 +220,11 @@ __global__ void swhs_kernel(RowReader<In> rows, int64_t n_rows, const typename T
     int64_t a = ord[u0], b = ord[l0];
     for (int64_t i = u0 + 1; i < u1; ++i) {
       const int64_t col = ord[i];
-      if (score(col) < score(a) || (score(col) == score(a) && col < a)) a = col;
+      if (swhs_harder(true, score(col), col, score(a), a)) a = col;
     }
     for (int64_t i = l0 + 1; i < l1; ++i) {
       const int64_t col = ord[i];
-      if (score(col) > score(b) || (score(col) == score(b) && col < b)) b = col;
+      if (swhs_harder(false, score(col), col, score(b), b)) b = col;
     }
     upper[e] = a;
     lower[e] = b;
@@ -302,7 +303,7 @@ cudaError_t kendall_full(Matrix scores, const void* relevance_acc, const bool* v
         launch<kendall_kernel<In, Phi::kTanh>>(grid, kThreads, stream, rows, q, rel, gap, margin, temperature,
                                                                       part_sum, part_count, g);
     }
-    launch<kendall_rows<In>>(flat_grid(q), kThreads, stream, part_sum, part_count, q, tiles, static_cast<In*>(sums),
+    launch<kendall_rows<In>>(flat_grid(q), kThreads, stream, part_sum, part_count, q, tiles, static_cast<T*>(sums),
                                                             counts);
   });
 }

@@ -239,7 +239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_full_cuda(const at::Tenso
   const int64_t Q = scores.size(0), N = scores.size(1);
   const at::Tensor V = valid.has_value() ? valid->contiguous() : at::Tensor();
   const at::Tensor R = relevance.to(acc_type(scores)).contiguous();
-  at::Tensor sums = at::zeros({Q}, scores.options());
+  at::Tensor sums = at::zeros({Q}, scores.options().dtype(acc_type(scores)));  // N^2 growth: float16 overflows
   at::Tensor counts = at::zeros({Q}, scores.options().dtype(at::kLong));
   at::Tensor grad = at::zeros(compute_grad ? scores.sizes() : at::IntArrayRef{0}, scores.options());
   // Per-tile partial sums (accumulator type) followed by per-tile counts (int64).

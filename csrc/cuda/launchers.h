@@ -59,9 +59,9 @@ cudaError_t vse_triplet_backward(Matrix scores, const int64_t* positives, const 
                                  const void* diag_acc, double margin, bool max_violation, void* out,
                                  cudaStream_t stream);
 
-// Kendall full form: per-row sums (scores' dtype), pair counts (int64) and, if grad != nullptr,
-// d sum[q] / d S[q, :]. `work` holds 16 bytes per (row, tile): partial sums, then int64 counts,
-// where tiles = kendall_tiles(cols).
+// Kendall full form: per-row sums (accumulator type: float, double for double scores), pair
+// counts (int64) and, if grad != nullptr, d sum[q] / d S[q, :] (scores' dtype). `work` holds 16
+// bytes per (row, tile): partial sums, then int64 counts, where tiles = kendall_tiles(cols).
 int64_t kendall_tiles(int64_t cols);
 cudaError_t kendall_full(Matrix scores, const void* relevance_acc, const bool* valid, double gap, int phi,
                          double margin, double temperature, void* work, void* sums, int64_t* counts, void* grad,

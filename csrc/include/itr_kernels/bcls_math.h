@@ -19,14 +19,16 @@ ITR_HD T softplus_(T z) {  // log(1 + e^z) without overflow
 template <typename T>
 ITR_HD T phi_value(Phi phi, T x, T margin, T temperature) {
   switch (phi) {
-    case Phi::kHinge: return x + margin > T(0) ? x + margin : T(0);
+    // Tested as "<= 0", not "> 0", so that a NaN score stays NaN (a NaN loss, as the other forms give).
+    case Phi::kHinge: return x + margin <= T(0) ? T(0) : x + margin;
     case Phi::kLogistic: return temperature * softplus_(x / temperature);  // RankNet
     // (1 + tanh(u)) / 2 written as sigmoid(2u): no cancellation where tanh(u) is near -1.
     default: return T(1) / (T(1) + exp(T(-2) * x / temperature));
   }
 }
 
-// d phi / d x. The hinge's derivative at the kink is taken as 0, as autograd's clamp does.
+// d phi / d x. The hinge's derivative at the kink, and at a NaN x, is taken as 0 (at NaN as
+// autograd's clamp gives; the loss itself is NaN there).
 template <typename T>
 ITR_HD T phi_grad(Phi phi, T x, T margin, T temperature) {
   switch (phi) {
@@ -46,6 +48,17 @@ ITR_HD T phi_grad(Phi phi, T x, T margin, T temperature) {
 template <typename T>
 ITR_HD int pair_direction(T rel_j, T rel_k, T gap) {
   return rel_j - rel_k > gap ? 1 : (rel_k - rel_j > gap ? -1 : 0);
+}
+
+// SW-HS: is candidate a (score sa) a harder pick of its window than b? Upper window (upper = true):
+// the lower score; lower window: the higher score. A NaN score is the hardest of its window, so
+// that it reaches the loss; ties, NaN with NaN included, go to the lower column.
+template <typename T>
+ITR_HD bool swhs_harder(bool upper, T sa, int64_t a, T sb, int64_t b) {
+  const bool na = sa != sa, nb = sb != sb;
+  if (na || nb) return na && (!nb || a < b);
+  if (sa != sb) return upper ? sa < sb : sa > sb;
+  return a < b;
 }
 
 // Triplet-SN: L = T * log(1 + sum_j exp(x_j)), x_j = (m + S[q,j] - S[q,p]) / T over the negatives.
