@@ -108,7 +108,7 @@ def smooth_ap_loss(scores, positives, tau=0.01, valid=None, reduction="mean"):
     return _smooth_ap(smooth_rank, scores, positives, tau, valid, reduction)
 
 
-def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
+def _smooth_ap_args(scores, positives, tau, valid, reduction):
     check.scores(scores)
     check.like_scores(positives, scores, "positives")
     if positives.dtype != torch.bool:
@@ -116,6 +116,10 @@ def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
     check.positive(tau, "tau")
     check.valid(valid, scores)
     check.choice(reduction, "reduction", REDUCTIONS)
+
+
+def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
+    _smooth_ap_args(scores, positives, tau, valid, reduction)
     pos = positives if valid is None else positives & valid
     rank_all = rank_fn(scores, tau, valid)
     rank_pos = rank_fn(scores, tau, pos)
@@ -125,19 +129,32 @@ def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
     return reduce_rows(loss, n_pos > 0, reduction)
 
 
-def listnet_loss(scores, relevance, temperature=1.0, valid=None, reduction="mean"):
-    """ListNet: cross-entropy between the top-one distributions softmax(R) and softmax(S / T) over
-    the valid candidates; O(Q*N), plain tensor code."""
+def _listnet_args(scores, relevance, temperature, valid, reduction):
     check.scores(scores)
     check.relevance(relevance, scores)
     check.positive(temperature, "temperature")
     check.valid(valid, scores)
     check.choice(reduction, "reduction", REDUCTIONS)
+
+
+def listnet_loss(scores, relevance, temperature=1.0, valid=None, reduction="mean"):
+    """ListNet: cross-entropy ``-sum_j p_j log q_j`` between the top-one distributions
+    p = softmax(R) and q = softmax(S / T) over the valid candidates (a term with p_j = 0 is 0);
+    a row without valid candidates has loss 0 and is not counted by "mean". O(Q*N), plain tensor
+    code."""
+    _listnet_args(scores, relevance, temperature, valid, reduction)
     logits = scores / temperature
     target = relevance.to(scores.dtype)
+    counted = None
     if valid is not None:
-        logits = logits.masked_fill(~valid, -torch.inf)
-        target = target.masked_fill(~valid, -torch.inf)
-    log_p = torch.log_softmax(logits, dim=1)
-    loss = -torch.where(torch.isinf(log_p), 0, torch.softmax(target, dim=1) * log_p).sum(dim=1)
-    return reduce_rows(loss, None, reduction)
+        # A row without valid candidates softmaxes a finite stand-in (0s): no NaN in its value or gradient.
+        counted = valid.any(dim=1, keepdim=True)
+        logits = torch.where(valid, logits, -torch.inf).where(counted, 0)
+        target = torch.where(valid, target, -torch.inf).where(counted, 0)
+    log_q = torch.log_softmax(logits, dim=1)
+    p = torch.softmax(target, dim=1)
+    keep = p != 0 if valid is None else (p != 0) & valid   # masked (and p = 0) terms are 0, even at log q = -inf
+    loss = -torch.where(keep, p * torch.where(keep, log_q, 0), 0).sum(dim=1)
+    if counted is None:
+        return reduce_rows(loss, None, reduction)
+    return reduce_rows(torch.where(counted.squeeze(1), loss, 0), counted.squeeze(1), reduction)
