@@ -244,7 +244,7 @@ def test_compile_dynamic_every_function(device, gen):
 
 
 def test_compile_dynamic_every_module(gen):
-    """The modules over the functions above (CPU: their ops run under the emulation above)."""
+    """Every module, on the CPU: they compose the functions, whose ops the test above compiles on every device."""
     device = "cpu"
     modules = [ik.SmoothNDCGLoss(tau=0.1, k=4), ik.KendallRankLoss(phi="logistic"),
                ik.ListwiseITRLoss(tau=0.1), ik.TripletLoss(), ik.InfoNCELoss(0.1),
