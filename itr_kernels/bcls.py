@@ -2,7 +2,6 @@
 Triplet-SN, the Kendall ranking loss (full pair form or SW-HS sampling), RankNet, Smooth-AP, ListNet.
 The definitions are this project's reading of the BCLS abstract (no code was published)."""
 import torch
-import torch.nn.functional as F
 
 from . import _validate as check
 from . import _ops
@@ -14,12 +13,16 @@ DEFAULT_GAP = {"full": 0.3, "swhs": 0.0}  # SPEC: ITM_CLS RCLoss for full; SW-HS
 
 
 def phi_value(x, phi, margin, temperature):
-    """The Kendall surrogate phi(x) on x = S[k] - S[j] (j the more relevant)."""
+    """The Kendall surrogate phi(x) on x = S[k] - S[j] (j the more relevant), as the kernels'
+    phi_value (csrc/include/itr_kernels/bcls_math.h) computes it: no gradient at the hinge's kink
+    (NaN stays NaN), softplus exact at any x / T (F.softplus is linear past x / T = 20, 2e-9 off),
+    and (1 + tanh(u)) / 2 as sigmoid(2u), without cancellation near -1."""
     if phi == "hinge":
-        return (margin + x).clamp(min=0)
+        y = margin + x
+        return torch.where(y <= 0, 0, y)
     if phi == "logistic":
-        return temperature * F.softplus(x / temperature)
-    return (1 + torch.tanh(x / temperature)) / 2
+        return temperature * torch.logaddexp(torch.zeros_like(x), x / temperature)
+    return torch.sigmoid(2 * x / temperature)
 
 
 def _kendall_args(scores, relevance, gap, phi, margin, temperature, sampling, window, stride, valid, reduction):
