@@ -6,6 +6,7 @@ import mpmath
 import pytest
 import torch
 
+import itr_kernels as ik
 from itr_kernels import reference as ref
 
 from helpers import cosine_scores, run
@@ -61,24 +62,47 @@ def _near_ties(b, temperature, gen):
     return 0.5 + temperature * (torch.rand(b, b, generator=gen, dtype=torch.float64) * 6 - 3)
 
 
-@pytest.mark.parametrize("temperature", [1e-3, 1e-6, 1e-9])
-def test_infonce_exact_at_tiny_temperature(temperature, gen):
+def _check_infonce(loss_fn, temperature, gen, device="cpu"):
     scores = _near_ties(5, temperature, gen)
     want, want_grad = _mp_infonce(scores, temperature)
-    out, grad = run(ref.infonce_loss, scores, temperature, "none")
-    torch.testing.assert_close(out, want, rtol=1e-13, atol=1e-15)
-    torch.testing.assert_close(grad * temperature, want_grad * temperature, rtol=1e-11, atol=1e-13)
+    out, grad = run(loss_fn, scores.to(device), temperature, "none")
+    torch.testing.assert_close(out.cpu(), want, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(grad.cpu() * temperature, want_grad * temperature, rtol=1e-11, atol=1e-13)
 
 
-@pytest.mark.parametrize("margin", [0.0, 0.2])
-@pytest.mark.parametrize("temperature", [1e-3, 1e-6, 1e-9])
-def test_triplet_sn_exact_at_tiny_temperature(margin, temperature, gen):
+def _check_triplet_sn(loss_fn, margin, temperature, gen, device="cpu"):
     scores = _near_ties(5, temperature, gen)
     scores.diagonal().add_(margin)   # the positives near m above the negatives: every term in play
     want, want_grad = _mp_triplet_sn(scores, margin, temperature)
-    out, grad = run(ref.triplet_sn_loss, scores, None, margin, temperature, 1.0, "none")
-    torch.testing.assert_close(out, want, rtol=1e-13, atol=1e-15 * temperature)
-    torch.testing.assert_close(grad, want_grad, rtol=1e-11, atol=1e-13)
+    out, grad = run(loss_fn, scores.to(device), None, margin, temperature, 1.0, "none")
+    torch.testing.assert_close(out.cpu(), want, rtol=1e-13, atol=1e-15 * temperature)
+    torch.testing.assert_close(grad.cpu(), want_grad, rtol=1e-11, atol=1e-13)
+
+
+TINY = pytest.mark.parametrize("temperature", [1e-3, 1e-6, 1e-9])
+
+
+@TINY
+def test_infonce_exact_at_tiny_temperature(temperature, gen):
+    _check_infonce(ref.infonce_loss, temperature, gen)
+
+
+@TINY
+@pytest.mark.parametrize("margin", [0.0, 0.2])
+def test_triplet_sn_exact_at_tiny_temperature(margin, temperature, gen):
+    _check_triplet_sn(ref.triplet_sn_loss, margin, temperature, gen)
+
+
+# The fused kernels against the same truths (float64).
+@TINY
+def test_fused_infonce_exact_at_tiny_temperature(temperature, device, gen):
+    _check_infonce(ik.infonce_loss, temperature, gen, device)
+
+
+@TINY
+@pytest.mark.parametrize("margin", [0.0, 0.2])
+def test_fused_triplet_sn_exact_at_tiny_temperature(margin, temperature, device, gen):
+    _check_triplet_sn(ik.triplet_sn_loss, margin, temperature, gen, device)
 
 
 def test_triplet_sn_rho_needs_relevance(gen):
