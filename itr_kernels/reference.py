@@ -126,7 +126,7 @@ def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None
     loss = torch.where(has_gain, 1 - dcg / torch.where(has_gain, idcg, 1), torch.where(torch.isnan(idcg), idcg, 0))
     # A NaN score is in every rank of its row: NaN even in a row without gain (value and gradient);
     # 0 * rank adds nothing otherwise.
-    loss = loss + 0 * torch.where(v, rank, 0).sum(dim=1)
+    loss = loss + (0 * torch.where(v, rank, 0)).sum(dim=1)   # (0 * rank first: a float16 sum of ranks overflows)
     return _reduce(loss, has_gain, reduction)
 
 
