@@ -127,6 +127,40 @@ def register(namespace):
     _register_row_grad_autograd(namespace, "smooth_ndcg", "itr_kernels.smooth_ndcg_loss")
     _register_row_grad_autograd(namespace, "kendall_full", "itr_kernels.kendall_loss")
 
+    # Differentiating a gradient (create_graph=True, then a second backward) raises, for every op:
+    # through the backward ops here, through _FirstOrderOnly for the ops whose forward gives the gradient.
+    for name in ("smooth_rank", "triplet_sn", "infonce", "vse_triplet"):
+        torch.library.register_autograd(f"{namespace}::{name}_backward", _no_second_derivative(f"{namespace}::{name}"))
+
+
+def _second_derivative_error(op):
+    return RuntimeError(f"{op}: second derivatives are not implemented (the gradients of itr_kernels are first "
+                        f"order), so a gradient computed with create_graph=True cannot be differentiated again")
+
+
+def _no_second_derivative(op):
+    """Autograd of the backward op of `op`: differentiating it is differentiating `op` twice."""
+
+    def backward(ctx, *grads):
+        raise _second_derivative_error(op)
+
+    return backward
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The identity on a gradient computed with create_graph=True, tied to the op's input: so that a
+    second derivative through it raises, where the gradient would otherwise look constant (no
+    graph) and its second derivative silently 0."""
+
+    @staticmethod
+    def forward(ctx, op, grad, scores):
+        ctx.op = op
+        return grad.clone()
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise _second_derivative_error(ctx.op)
+
 
 def _query_shape(scores, positives):
     """(directions, queries) of a contrastive op: both directions of a square matrix, or the rows."""
@@ -160,18 +194,20 @@ def _register_row_grad_autograd(namespace, name, public):
     def setup(ctx, inputs, output):
         _, aux, row_grad = output
         ctx.mark_non_differentiable(aux, row_grad)
-        ctx.save_for_backward(row_grad)
+        ctx.save_for_backward(row_grad, inputs[0])   # scores: only for a second derivative's error
         ctx.n_inputs = len(inputs)
 
     def backward(ctx, grad_values, grad_aux, grad_row_grad):
-        (row_grad,) = ctx.saved_tensors
+        row_grad, scores = ctx.saved_tensors
         if row_grad.dim() != 2:
             raise RuntimeError(f"{namespace}::{name} was called with compute_grad=False; call it with "
                                f"compute_grad=True to differentiate it ({public} does this)")
         # In the wider of the two dtypes (Kendall's float32 sums of float16 scores: an upstream 1 / count
         # is subnormal in float16), then in the scores' dtype.
-        grad = row_grad * grad_values.unsqueeze(-1)
-        return (grad.to(row_grad.dtype),) + (None,) * (ctx.n_inputs - 1)
+        grad = (row_grad * grad_values.unsqueeze(-1)).to(row_grad.dtype)
+        if torch.is_grad_enabled():   # create_graph=True
+            grad = _FirstOrderOnly.apply(f"{namespace}::{name}", grad, scores)
+        return (grad,) + (None,) * (ctx.n_inputs - 1)
 
     torch.library.register_autograd(f"{namespace}::{name}", backward, setup_context=setup)
 

@@ -53,13 +53,20 @@ def valid(v, s):
         raise TypeError(f"valid must be a bool tensor (True = real candidate), got {v.dtype}")
 
 
+def _is_finite_number(x):
+    """A real number (not a bool) that is neither infinite nor NaN. Comparisons, not math.isfinite:
+    under torch.compile(dynamic=True) a float argument is a symbolic float, which math.isfinite
+    cannot take (a comparison becomes a guard)."""
+    return not isinstance(x, bool) and isinstance(x, numbers.Real) and -math.inf < x < math.inf
+
+
 def positive(x, name):
-    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x) or x <= 0:
+    if not _is_finite_number(x) or x <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {x!r}")
 
 
 def finite(x, name):
-    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+    if not _is_finite_number(x):
         raise ValueError(f"{name} must be a finite number, got {x!r}")
 
 
@@ -102,5 +109,8 @@ def positive_columns(p, s, name="positives"):
         raise TypeError(f"{name} must be an integer tensor of column indices, got {p.dtype}")
     if p.device != s.device:
         raise ValueError(f"{name} must be on the device of scores ({s.device}), got {p.device}")
-    if p.numel() and (int(p.min()) < 0 or int(p.max()) >= s.shape[1]):
-        raise ValueError(f"{name} must hold column indices in [0, {s.shape[1]})")
+    message = f"{name} must hold column indices in [0, {s.shape[1]})"
+    if torch.compiler.is_compiling():   # no host sync in a graph: an asynchronous assert instead
+        torch._assert_async(((p >= 0) & (p < s.shape[1])).all(), message)
+    elif p.numel() and (int(p.min()) < 0 or int(p.max()) >= s.shape[1]):
+        raise ValueError(message)

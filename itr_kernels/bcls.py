@@ -2,7 +2,6 @@
 Triplet-SN, the Kendall ranking loss (full pair form or SW-HS sampling), RankNet, Smooth-AP, ListNet.
 The definitions are this project's reading of the BCLS abstract (no code was published)."""
 import torch
-import torch.nn.functional as F
 
 from . import _validate as check
 from . import _ops
@@ -14,12 +13,16 @@ DEFAULT_GAP = {"full": 0.3, "swhs": 0.0}  # SPEC: ITM_CLS RCLoss for full; SW-HS
 
 
 def phi_value(x, phi, margin, temperature):
-    """The Kendall surrogate phi(x) on x = S[k] - S[j] (j the more relevant)."""
+    """The Kendall surrogate phi(x) on x = S[k] - S[j] (j the more relevant), as the kernels'
+    phi_value (csrc/include/itr_kernels/bcls_math.h) computes it: no gradient at the hinge's kink
+    (NaN stays NaN), softplus exact at any x / T (F.softplus is linear past x / T = 20, 2e-9 off),
+    and (1 + tanh(u)) / 2 as sigmoid(2u), without cancellation near -1."""
     if phi == "hinge":
-        return (margin + x).clamp(min=0)
+        y = margin + x
+        return torch.where(y <= 0, 0, y)
     if phi == "logistic":
-        return temperature * F.softplus(x / temperature)
-    return (1 + torch.tanh(x / temperature)) / 2
+        return temperature * torch.logaddexp(torch.zeros_like(x), x / temperature)
+    return torch.sigmoid(2 * x / temperature)
 
 
 def _kendall_args(scores, relevance, gap, phi, margin, temperature, sampling, window, stride, valid, reduction):
@@ -116,7 +119,7 @@ def smooth_ap_loss(scores, positives, tau=0.01, valid=None, reduction="mean"):
     return _smooth_ap(smooth_rank, scores, positives, tau, valid, reduction)
 
 
-def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
+def _smooth_ap_args(scores, positives, tau, valid, reduction):
     check.scores(scores)
     check.like_scores(positives, scores, "positives")
     if positives.dtype != torch.bool:
@@ -124,6 +127,10 @@ def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
     check.positive(tau, "tau")
     check.valid(valid, scores)
     check.choice(reduction, "reduction", REDUCTIONS)
+
+
+def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
+    _smooth_ap_args(scores, positives, tau, valid, reduction)
     pos = positives if valid is None else positives & valid
     rank_all = rank_fn(scores, tau, valid)
     rank_pos = rank_fn(scores, tau, pos)
@@ -133,19 +140,32 @@ def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction):
     return reduce_rows(loss, n_pos > 0, reduction)
 
 
-def listnet_loss(scores, relevance, temperature=1.0, valid=None, reduction="mean"):
-    """ListNet: cross-entropy between the top-one distributions softmax(R) and softmax(S / T) over
-    the valid candidates; O(Q*N), plain tensor code."""
+def _listnet_args(scores, relevance, temperature, valid, reduction):
     check.scores(scores)
     check.relevance(relevance, scores)
     check.positive(temperature, "temperature")
     check.valid(valid, scores)
     check.choice(reduction, "reduction", REDUCTIONS)
+
+
+def listnet_loss(scores, relevance, temperature=1.0, valid=None, reduction="mean"):
+    """ListNet: cross-entropy ``-sum_j p_j log q_j`` between the top-one distributions
+    p = softmax(R) and q = softmax(S / T) over the valid candidates (a term with p_j = 0 is 0);
+    a row without valid candidates has loss 0 and is not counted by "mean". O(Q*N), plain tensor
+    code."""
+    _listnet_args(scores, relevance, temperature, valid, reduction)
     logits = scores / temperature
     target = relevance.to(scores.dtype)
+    counted = None
     if valid is not None:
-        logits = logits.masked_fill(~valid, -torch.inf)
-        target = target.masked_fill(~valid, -torch.inf)
-    log_p = torch.log_softmax(logits, dim=1)
-    loss = -torch.where(torch.isinf(log_p), 0, torch.softmax(target, dim=1) * log_p).sum(dim=1)
-    return reduce_rows(loss, None, reduction)
+        # A row without valid candidates softmaxes a finite stand-in (0s): no NaN in its value or gradient.
+        counted = valid.any(dim=1, keepdim=True)
+        logits = torch.where(valid, logits, -torch.inf).where(counted, 0)
+        target = torch.where(valid, target, -torch.inf).where(counted, 0)
+    log_q = torch.log_softmax(logits, dim=1)
+    p = torch.softmax(target, dim=1)
+    keep = p != 0 if valid is None else (p != 0) & valid   # masked (and p = 0) terms are 0, even at log q = -inf
+    loss = -torch.where(keep, p * torch.where(keep, log_q, 0), 0).sum(dim=1)
+    if counted is None:
+        return reduce_rows(loss, None, reduction)
+    return reduce_rows(torch.where(counted.squeeze(1), loss, 0), counted.squeeze(1), reduction)

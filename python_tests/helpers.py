@@ -5,6 +5,8 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # (Q, N) shapes of the parity tests: single elements, tiny rows, odd sizes, one long row
 SIZES = [(1, 1), (2, 2), (3, 3), (17, 17), (128, 128), (257, 257), (4, 1000)]
+# float64 parity of two computations of the same math (fused vs reference, a module vs its formula)
+F64 = dict(rtol=1e-10, atol=1e-12)
 
 
 def cosine_scores(q, n, gen, spread=1.0, dim=32):

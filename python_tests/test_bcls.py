@@ -6,7 +6,7 @@ import torch
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import ALL_DTYPES, assert_close_to_truth, assert_compiles_to_same, cosine_scores, inputs, run
+from helpers import ALL_DTYPES, F64, assert_close_to_truth, assert_compiles_to_same, cosine_scores, inputs, run
 
 
 def _check_parity(fn_fused, fn_ref, scores, args, kw, dtype, loss_atol=1e-6):
@@ -78,8 +78,8 @@ def test_kendall_full_gap_and_reduction(gap, reduction, device, gen):
     kw = dict(gap=gap, reduction=reduction)
     out, grad = run(ik.kendall_loss, scores, relevance, **kw)
     truth, truth_grad = run(ref.kendall_loss, scores, relevance, **kw)
-    torch.testing.assert_close(out, truth)
-    torch.testing.assert_close(grad, truth_grad)
+    torch.testing.assert_close(out, truth, **F64)
+    torch.testing.assert_close(grad, truth_grad, **F64)
 
 
 def test_kendall_rows_without_pairs(device, gen):
@@ -364,12 +364,12 @@ def test_bcls_module_matches_reference(device, gen):
     kw = dict(mu=0.7, rho=0.9, window=3, phi="logistic")
     out, grad = run(ik.BCLSLoss(**kw), scores, r_i2t, r_t2i)
     truth, truth_grad = run(ref.BCLSLoss(**kw), scores, r_i2t, r_t2i)
-    torch.testing.assert_close(out, truth)
-    torch.testing.assert_close(grad, truth_grad)
+    torch.testing.assert_close(out, truth, **F64)
+    torch.testing.assert_close(grad, truth_grad, **F64)
     expected = (ik.triplet_sn_loss(scores, r_i2t, rho=0.9) + 0.7 * (
         ik.kendall_loss(scores, r_i2t, phi="logistic", sampling="swhs", window=3)
         + ik.kendall_loss(scores.T, r_t2i, phi="logistic", sampling="swhs", window=3)) / 2)
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected, **F64)
 
 
 def test_ranknet_by_hand(device):
@@ -391,7 +391,7 @@ def test_smooth_ap_by_hand(device):
     rp0, rp1 = 1 + sig(0.3 - 0.9), 1 + sig(0.9 - 0.3)
     expected = 1 - (rp0 / r0 + rp1 / r1) / 2
     assert ik.smooth_ap_loss(scores, pos, tau).item() == pytest.approx(expected, rel=1e-12)
-    torch.testing.assert_close(ik.smooth_ap_loss(scores, pos, tau), ref.smooth_ap_loss(scores, pos, tau))
+    torch.testing.assert_close(ik.smooth_ap_loss(scores, pos, tau), ref.smooth_ap_loss(scores, pos, tau), **F64)
 
 
 def test_listnet_by_hand(device):

@@ -4,7 +4,7 @@ import torch
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import ALL_DTYPES, SIZES, assert_close_to_truth, inputs, run
+from helpers import ALL_DTYPES, F64, SIZES, assert_close_to_truth, inputs, run
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -40,7 +40,7 @@ def test_masked_entries(device, gen):
     # Masking a candidate equals deleting it: compare row by row with the compacted row.
     for row in range(scores.shape[0]):
         kept = scores[row, valid[row]].unsqueeze(0)
-        torch.testing.assert_close(rank[row, valid[row]].unsqueeze(0), ik.smooth_rank(kept, 0.05))
+        torch.testing.assert_close(rank[row, valid[row]].unsqueeze(0), ik.smooth_rank(kept, 0.05), **F64)
 
 
 def test_ranks_are_ranks_at_small_tau(device, gen):
@@ -73,8 +73,9 @@ def test_gradcheck(device, gen):
 
 def test_non_contiguous(device, gen):
     scores = torch.randn(30, 20, generator=gen, dtype=torch.float64).to(device)
-    torch.testing.assert_close(ik.smooth_rank(scores.T, 0.1), ref.smooth_rank(scores.T.contiguous(), 0.1))
-    torch.testing.assert_close(ik.smooth_rank(scores[:, ::2], 0.1), ref.smooth_rank(scores[:, ::2].contiguous(), 0.1))
+    torch.testing.assert_close(ik.smooth_rank(scores.T, 0.1), ref.smooth_rank(scores.T.contiguous(), 0.1), **F64)
+    torch.testing.assert_close(ik.smooth_rank(scores[:, ::2], 0.1), ref.smooth_rank(scores[:, ::2].contiguous(), 0.1),
+                               **F64)
 
 
 def test_empty(device):

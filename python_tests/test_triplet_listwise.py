@@ -4,7 +4,7 @@ import torch
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import cosine_scores
+from helpers import F64, cosine_scores
 
 
 def brute_force_triplet(scores, margin, max_violation):
@@ -28,9 +28,9 @@ def test_triplet_brute_force(b, max_violation, device, gen):
     expected = brute_force_triplet(scores.cpu(), 0.2, max_violation)
     for impl in (ik, ref):
         per_row = impl.triplet_loss(scores, 0.2, max_violation, reduction="none")
-        torch.testing.assert_close(per_row.cpu(), expected)
-        torch.testing.assert_close(impl.triplet_loss(scores, 0.2, max_violation), expected.mean().to(device))
-        torch.testing.assert_close(impl.triplet_loss(scores, 0.2, max_violation, "sum"), expected.sum().to(device))
+        torch.testing.assert_close(per_row.cpu(), expected, **F64)
+        torch.testing.assert_close(impl.triplet_loss(scores, 0.2, max_violation), expected.mean().to(device), **F64)
+        torch.testing.assert_close(impl.triplet_loss(scores, 0.2, max_violation, "sum"), expected.sum().to(device), **F64)
 
 
 def test_triplet_gradients_match(device, gen):
@@ -40,7 +40,7 @@ def test_triplet_gradients_match(device, gen):
         s = scores.clone().requires_grad_()
         impl.triplet_loss(s).backward()
         grads.append(s.grad)
-    torch.testing.assert_close(*grads)
+    torch.testing.assert_close(*grads, **F64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -72,12 +72,13 @@ def test_listwise_composition(device, gen):
     loss = ik.ListwiseITRLoss(margin=0.1, tau=0.05, weight=0.3)(scores, rel)
     expected = (0.7 * ik.triplet_loss(scores, 0.1)
                 + 0.3 * (ik.smooth_ndcg_loss(scores, rel, 0.05) + ik.smooth_ndcg_loss(scores.T, rel.T, 0.05)) / 2)
-    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(loss, expected, **F64)
 
 
 def test_smooth_ndcg_module(device, gen):
     scores = cosine_scores(10, 30, gen).to(device)
     rel = torch.rand(10, 30, generator=gen, dtype=torch.float64).to(device)
     module = ik.SmoothNDCGLoss(tau=0.05, k=7, reduction="none")
-    torch.testing.assert_close(module(scores, rel), ref.SmoothNDCGLoss(tau=0.05, k=7, reduction="none")(scores, rel))
+    torch.testing.assert_close(module(scores, rel), ref.SmoothNDCGLoss(tau=0.05, k=7, reduction="none")(scores, rel),
+                               **F64)
     assert "k=7" in repr(module)
