@@ -8,7 +8,7 @@ TRAIN_STAMP := build/.train-deps
 TORCH_NOW := $(shell $(PY) -c "import torch; print(torch.__version__.split('+')[0])" 2>/dev/null)
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 
-.PHONY: setup train-deps train test bench bench-quick cuda-check cuda-emu cuda-emu-asan clean
+.PHONY: setup train-deps train test wheel-check bench bench-quick bench-plot cuda-check cuda-emu cuda-emu-asan clean
 
 setup: $(STAMP)
 
@@ -37,11 +37,20 @@ test: setup train-deps
 	$(PY) -m pytest -q python_tests
 	$(EMU_ASAN_RUN)
 
+# The wheel as a user gets it: built with pip wheel, installed into a fresh venv holding only torch and
+# numpy, smoke-tested there from outside the checkout (.ci/wheel_check.sh, python_tests/wheel_smoke.py).
+wheel-check: setup
+	PY=$(PY) bash .ci/wheel_check.sh
+
 bench-quick: setup
 	$(PY) bench/compare.py --quick
 
 bench: setup
 	$(PY) bench/compare.py
+
+# bench/results/<device>.png from the CSVs of bench/compare.py (needs matplotlib)
+bench-plot:
+	for f in bench/results/*.csv; do case $$f in */rerank_*|*/train_*) ;; *) $(PY) bench/plot.py $$f;; esac; done
 
 clean:
 	rm -rf build itr_kernels/_C*.so *.egg-info

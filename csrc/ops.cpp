@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "cpu/isa.h"
 #include "itr_build_config.h"
 #include "op_schemas.h"
 
@@ -27,7 +28,7 @@ PyObject* build_info(PyObject*, PyObject*) {
 #else
   s += ", \"cuda\": false, \"cuda_archs\": \"\", \"cuda_version\": null";
 #endif
-  s += "}";
+  s += ", " + itr_cpu_isa::info_json() + "}";
   return PyUnicode_FromString(s.c_str());
 }
 
@@ -39,5 +40,13 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
 
 }  // namespace
 
-// Importing itr_kernels._C runs the static registrations above (the extension-cpp pattern).
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module); }
+// Importing itr_kernels._C runs the static registrations above (the extension-cpp pattern), then
+// registers the CPU kernels of the instruction-set level this CPU supports (cpu/isa.h).
+PyMODINIT_FUNC PyInit__C(void) {
+  const std::string error = itr_cpu_isa::register_kernels();
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_ImportError, error.c_str());
+    return nullptr;
+  }
+  return PyModule_Create(&module);
+}

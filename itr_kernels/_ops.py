@@ -12,7 +12,8 @@ except ImportError as e:  # not built, or built against another torch (undefined
     raise ImportError(f"itr_kernels._C, the compiled kernels, could not be loaded ({e}); {_REBUILD}") from e
 
 _COMPILED = json.loads(_C.build_info())
-if _COMPILED["torch_version"] != torch.__version__:
+# The same torch release (setup.py's install_requires pins it), whatever its local +cpu/+cuXXX label.
+if _COMPILED["torch_version"].split("+")[0] != torch.__version__.split("+")[0]:
     raise ImportError(
         f"itr_kernels._C was built against torch {_COMPILED['torch_version']} but torch {torch.__version__} "
         f"is installed; {_REBUILD}"
@@ -30,8 +31,15 @@ def build_info():
     info["torch_runtime"] = torch.__version__
     info["backends"] = [
         key for key in ("CPU", "CUDA") if torch._C._dispatch_has_kernel_for_dispatch_key("itr_kernels::smooth_rank", key)
+        and (key == "CPU" or info["cuda"])  # not _no_cuda's error kernels
     ]
     return info
+
+
+if not _COMPILED["cuda"]:
+    from . import _no_cuda
+
+    _no_cuda.register("itr_kernels", build_info)
 
 
 def swhs_steps(n, window, stride):

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/isa.h"
 #include "cpu/contrastive_rows.h"
 #include "itr_kernels/contrastive_math.h"
 
@@ -230,7 +231,7 @@ at::Tensor infonce_backward_cpu(const at::Tensor& grad, const at::Tensor& scores
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itr_kernels, CPU, m) {
+ITR_CPU_KERNELS(m) {
   m.impl("infonce", &infonce_cpu);
   m.impl("infonce_backward", &infonce_backward_cpu);
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/isa.h"
 #include "cpu/row_sweeps.h"
 #include "itr_kernels/bcls_math.h"
 
@@ -165,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cpu(const at::Tensor
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itr_kernels, CPU, m) {
+ITR_CPU_KERNELS(m) {
   m.impl("kendall_full", &kendall_full_cpu);
   m.impl("kendall_swhs", &kendall_swhs_cpu);
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/isa.h"
 #include "cpu/row_sweeps.h"
 
 namespace itr {
@@ -165,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> smooth_ndcg_cpu(const at::Tensor&
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itr_kernels, CPU, m) { m.impl("smooth_ndcg", &smooth_ndcg_cpu); }
+ITR_CPU_KERNELS(m) { m.impl("smooth_ndcg", &smooth_ndcg_cpu); }
 
 }  // namespace cpu
 }  // namespace itr

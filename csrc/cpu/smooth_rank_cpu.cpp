@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/isa.h"
 #include "cpu/row_sweeps.h"
 
 namespace itr {
@@ -109,7 +110,7 @@ at::Tensor smooth_rank_backward_cpu(const at::Tensor& grad, const at::Tensor& sc
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itr_kernels, CPU, m) {
+ITR_CPU_KERNELS(m) {
   m.impl("smooth_rank", &smooth_rank_cpu);
   m.impl("smooth_rank_backward", &smooth_rank_backward_cpu);
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/isa.h"
 #include "cpu/row_sweeps.h"
 #include "itr_kernels/bcls_math.h"
 
@@ -109,7 +110,7 @@ at::Tensor triplet_sn_backward_cpu(const at::Tensor& grad, const at::Tensor& sco
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itr_kernels, CPU, m) {
+ITR_CPU_KERNELS(m) {
   m.impl("triplet_sn", &triplet_sn_cpu);
   m.impl("triplet_sn_backward", &triplet_sn_backward_cpu);
 }

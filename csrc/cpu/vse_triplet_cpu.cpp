@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "checks.h"
+#include "cpu/isa.h"
 #include "cpu/contrastive_rows.h"
 #include "itr_kernels/contrastive_math.h"
 
@@ -287,7 +288,7 @@ at::Tensor vse_triplet_backward_cpu(const at::Tensor& grad, const at::Tensor& sc
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(itr_kernels, CPU, m) {
+ITR_CPU_KERNELS(m) {
   m.impl("vse_triplet", &vse_triplet_cpu);
   m.impl("vse_triplet_backward", &vse_triplet_backward_cpu);
 }

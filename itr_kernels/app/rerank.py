@@ -347,4 +347,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from itr_kernels.app import rerank_main  # checks the `train` extra first: a message, not a traceback
+
+    rerank_main()
