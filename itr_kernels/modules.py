@@ -191,7 +191,7 @@ class TripletSNLoss(nn.Module):
         super().__init__()
         check.finite(margin, "margin")
         check.positive(temperature, "temperature")
-        check.finite(rho, "rho")
+        check.rho(rho)
         check.choice(reduction, "reduction", losses.REDUCTIONS)
         self.margin, self.temperature, self.rho, self.reduction = margin, temperature, rho, reduction
 
