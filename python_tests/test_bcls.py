@@ -152,6 +152,24 @@ def test_triplet_sn_tiny_temperature_by_hand(shape, device):
     assert relative_error(s.grad.cpu(), truth) <= 1e-6
 
 
+def test_triplet_sn_non_finite_scores(device):
+    """The kernels' shifted form gives the formula's non-finite values as torch computes them: a NaN
+    positive makes its queries NaN (even when every negative is -inf), a negative at +inf gives +inf,
+    -inf negatives add nothing."""
+    inf, nan = math.inf, math.nan
+    s = torch.tensor([[nan, -inf, -inf, 0.1], [-inf, 0.3, 0.2, inf], [-inf, 0.1, inf, 0.], [0.2, -inf, 0.5, 0.4]],
+                     dtype=torch.float64)
+    expected = []
+    for m in (s, s.T):
+        x = ((0.2 + m - m.diagonal()[:, None]) / 0.05).masked_fill(torch.eye(4, dtype=torch.bool), -inf)
+        expected.append(0.05 * torch.logsumexp(torch.cat([torch.zeros(4, 1, dtype=s.dtype), x], dim=1), dim=1))
+    expected = torch.stack(expected)
+    got = ik.triplet_sn_loss(s.to(device), temperature=0.05, reduction="none").cpu()
+    torch.testing.assert_close(got, expected, equal_nan=True)
+    rows = ik.triplet_sn_loss(s.to(device), temperature=0.05, reduction="none", positives=torch.arange(4, device=device))
+    torch.testing.assert_close(rows.cpu(), expected[0], equal_nan=True)
+
+
 # ---- Triplet-SN's rho ----
 
 @pytest.mark.parametrize("rho", [1.0, 0.0, -1.0, -math.inf, math.inf])

@@ -51,15 +51,26 @@ std::tuple<at::Tensor, at::Tensor> triplet_sn_cpu(const at::Tensor& scores, cons
     const std::vector<T> pos = diagonal_of<T>(s, B);
     const int64_t blocks = (B + kRowBlock - 1) / kRowBlock;
     std::vector<ShiftedSum<T>> rows(B), col_part(blocks * B);
+    std::vector<char> col_any(blocks * B, 0);  // whether a block's part of column j has a negative
     for_each_row(blocks, kRowBlock * B, [&](int64_t blk) {
       ShiftedSum<T>* cols = col_part.data() + blk * B;
+      char* any = col_any.data() + blk * B;
       for (int64_t i = blk * kRowBlock; i < std::min(B, (blk + 1) * kRowBlock); ++i) {
+        bool row_any = false;
         for (int64_t j = 0; j < B; ++j) {
           const T sij = static_cast<T>(s[i * B + j]);
-          if (soft_negative(j, i, r, i * B + j, rh)) rows[i].add(negative_score(sij, pos[i]), k);  // image i's
-          if (soft_negative(i, j, r, i * B + j, rh)) cols[j].add(negative_score(sij, pos[j]), k);  // caption j's
+          if (soft_negative(j, i, r, i * B + j, rh)) {  // image i's negatives
+            rows[i].add(sij, k);
+            row_any = true;
+          }
+          if (soft_negative(i, j, r, i * B + j, rh)) {  // caption j's negatives are the images i != j
+            cols[j].add(sij, k);
+            any[j] = 1;
+          }
         }
+        mark_nan_positive(rows[i], pos[i], row_any);
       }
+      for (int64_t j = 0; j < B; ++j) mark_nan_positive(cols[j], pos[j], any[j] != 0);
     });
     scalar_t* out = loss.mutable_data_ptr<scalar_t>();
     T* st = stats.mutable_data_ptr<T>();  // per direction: shift, 1 / total, negatives' share

@@ -40,38 +40,43 @@ __device__ ShiftedSum<T> block_merge(ShiftedSum<T> x, T k) {
   return total;
 }
 
-// A query's loss and its statistics (shift, 1 / total, negatives' share) at column q of `stats`
-// (one direction's (3, B) block).
-template <typename In, typename T>
-__device__ void finish_query(const ShiftedSum<T>& acc, T pos, int64_t q, int64_t b, double margin, double temperature,
-                             In* loss, T* stats) {
-  loss[q] = from_acc<In>(triplet_sn_finish(pos, acc.max, acc.sum, margin, temperature, stats[b + q], stats[2 * b + q]));
+// The reduction kernels leave each query's ShiftedSum (max, sum) in the first two rows of its
+// direction's (3, B) block of stats; triplet_sn_finish_kernel turns it into the loss and the
+// statistics (shift, 1 / total, negatives' share), with its per-query double math out of their way.
+template <typename T>
+__device__ __forceinline__ void store_sum(const ShiftedSum<T>& acc, int64_t q, int64_t b, T* stats) {
   stats[q] = acc.max;
+  stats[b + q] = acc.sum;
 }
 
 // Image-to-text: one block per row of S.
 template <typename In>
 __global__ void __launch_bounds__(kThreads) triplet_sn_rows(const In* s, int64_t b, int64_t rs, int64_t cs,
-                                                            const typename Traits<In>::Acc* rel, double margin,
-                                                            double temperature, double rho, In* loss,
+                                                            const typename Traits<In>::Acc* rel,
+                                                            double temperature, double rho,
                                                             typename Traits<In>::Acc* stats) {
   using T = typename Traits<In>::Acc;
   const T k = kLog2e / temperature, rh = rho;
   for (int64_t i = blockIdx.x; i < b; i += gridDim.x) {
     const T pos = to_acc(s[i * rs + i * cs]);
     ShiftedSum<T> acc;
-    for (int64_t j = threadIdx.x; j < b; j += kThreads)
-      if (soft_negative(j, i, rel, i * b + j, rh)) acc.add(negative_score(T(to_acc(s[i * rs + j * cs])), pos), k);
+    bool any = false;
+    for (int64_t j = threadIdx.x; j < b; j += kThreads) {
+      if (!soft_negative(j, i, rel, i * b + j, rh)) continue;
+      acc.add(T(to_acc(s[i * rs + j * cs])), k);
+      any = true;
+    }
+    mark_nan_positive(acc, pos, any);
     const ShiftedSum<T> total = block_merge(acc, k);
-    if (threadIdx.x == 0) finish_query(total, pos, i, b, margin, temperature, loss, stats);
+    if (threadIdx.x == 0) store_sum(total, i, b, stats);
   }
 }
 
 // Text-to-image: a block owns 32 columns; 8 row groups stride over the rows, merged in order.
 template <typename In>
 __global__ void __launch_bounds__(kThreads) triplet_sn_cols(const In* s, int64_t b, int64_t rs, int64_t cs,
-                                                            const typename Traits<In>::Acc* rel, double margin,
-                                                            double temperature, double rho, In* loss,
+                                                            const typename Traits<In>::Acc* rel,
+                                                            double temperature, double rho,
                                                             typename Traits<In>::Acc* stats) {
   using T = typename Traits<In>::Acc;
   __shared__ T maxes[kRowGroups][kColsPerBlock], sums[kRowGroups][kColsPerBlock];
@@ -79,10 +84,14 @@ __global__ void __launch_bounds__(kThreads) triplet_sn_cols(const In* s, int64_t
   const int c = threadIdx.x % kColsPerBlock, g = threadIdx.x / kColsPerBlock;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColsPerBlock + c;
   ShiftedSum<T> acc;
-  const T pos = j < b ? T(to_acc(s[j * rs + j * cs])) : T(0);
   if (j < b) {
-    for (int64_t i = g; i < b; i += kRowGroups)
-      if (soft_negative(i, j, rel, i * b + j, rh)) acc.add(negative_score(T(to_acc(s[i * rs + j * cs])), pos), k);
+    bool any = false;
+    for (int64_t i = g; i < b; i += kRowGroups) {
+      if (!soft_negative(i, j, rel, i * b + j, rh)) continue;
+      acc.add(T(to_acc(s[i * rs + j * cs])), k);
+      any = true;
+    }
+    mark_nan_positive(acc, T(to_acc(s[j * rs + j * cs])), any);
   }
   maxes[g][c] = acc.max;
   sums[g][c] = acc.sum;
@@ -95,7 +104,22 @@ __global__ void __launch_bounds__(kThreads) triplet_sn_cols(const In* s, int64_t
       part.sum = sums[r][c];
       total.merge(part, k);
     }
-    finish_query(total, pos, j, b, margin, temperature, loss, stats);
+    store_sum(total, j, b, stats);
+  }
+}
+
+// Per query (direction d, index q): the loss and the statistics from the stored ShiftedSum.
+template <typename In>
+__global__ void triplet_sn_finish_kernel(const In* s, int64_t b, int64_t rs, int64_t cs, double margin,
+                                         double temperature, In* loss, typename Traits<In>::Acc* stats) {
+  using T = typename Traits<In>::Acc;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < 2 * b;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t q = e % b;
+    T* st = stats + 3 * b * (e / b);
+    const T shift = st[q], neg = st[b + q];
+    loss[e] = from_acc<In>(
+        triplet_sn_finish(T(to_acc(s[q * rs + q * cs])), shift, neg, margin, temperature, st[b + q], st[2 * b + q]));
   }
 }
 
@@ -249,10 +273,12 @@ cudaError_t triplet_sn(Matrix scores, const void* relevance_acc, double margin, 
     In* out = static_cast<In*>(loss);
     T* st = static_cast<T*>(stats);
     launch<triplet_sn_rows<In>>(row_grid(b), kThreads, stream, s, b, scores.row_stride, scores.col_stride, rel,
-                                margin, temperature, rho, out, st);
+                                temperature, rho, st);
     const unsigned col_blocks = static_cast<unsigned>((b + kColsPerBlock - 1) / kColsPerBlock);
-    launch<triplet_sn_cols<In>>(col_blocks, kThreads, stream, s, b, scores.row_stride, scores.col_stride, rel, margin,
-                                temperature, rho, out + b, st + 3 * b);
+    launch<triplet_sn_cols<In>>(col_blocks, kThreads, stream, s, b, scores.row_stride, scores.col_stride, rel,
+                                temperature, rho, st + 3 * b);
+    launch<triplet_sn_finish_kernel<In>>(flat_grid(2 * b), kThreads, stream, s, b, scores.row_stride,
+                                         scores.col_stride, margin, temperature, out, st);
   });
 }
 

@@ -69,11 +69,12 @@ ITR_HD bool soft_negative(int64_t j, int64_t p, const T* rel, int64_t at, T rho)
   return j != p && (rel == nullptr || rel[at] < rho);
 }
 
-// What negative j brings to its query's ShiftedSum: its score, or NaN where the positive is NaN (a
-// NaN positive enters every negative's term, so a query with a negative gets a NaN loss).
+// A NaN positive enters every negative's term: a query (or part of one) with a negative gets a NaN
+// shift, which every ShiftedSum merge keeps, so its loss is NaN. (Where a negative is finite, x_p
+// is NaN anyway; this covers the query whose negatives are all at -inf.)
 template <typename T>
-ITR_HD T negative_score(T s, T pos) {
-  return pos != pos ? pos : s;
+ITR_HD void mark_nan_positive(ShiftedSum<T>& part, T pos, bool has_negative) {
+  if (has_negative && pos != pos) part.max = pos;
 }
 
 // a - b - m in double, a - b kept exact (TwoSum): where the positive's term matters, |a - b - m| is
