@@ -59,21 +59,25 @@ inline void check_smooth_ndcg_args(const at::Tensor& scores, const at::Tensor& r
 }
 
 inline void check_triplet_sn_args(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance,
-                                  double temperature) {
+                                  double margin, double temperature, double rho) {
   check_scores(scores);
   TORCH_CHECK_VALUE(scores.size(0) == scores.size(1), "scores must be a square in-batch matrix, got ",
                     scores.sizes());
   if (relevance.has_value()) check_relevance(*relevance, scores);
+  TORCH_CHECK_VALUE(std::isfinite(margin), "margin must be a finite number, got ", margin);
   check_temperature(temperature);
+  TORCH_CHECK_VALUE(!std::isnan(rho), "rho must be a number (not NaN; +inf keeps every candidate but the positive), got ",
+                    rho);
 }
 
 inline void check_triplet_sn_backward_args(const at::Tensor& grad, const at::Tensor& scores,
-                                           const c10::optional<at::Tensor>& relevance, const at::Tensor& lse,
-                                           double temperature) {
-  check_triplet_sn_args(scores, relevance, temperature);
+                                           const c10::optional<at::Tensor>& relevance, const at::Tensor& stats,
+                                           double margin, double temperature, double rho) {
+  check_triplet_sn_args(scores, relevance, margin, temperature, rho);
   const int64_t b = scores.size(0);
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef({2, b}), "grad must have shape (2, ", b, "), got ", grad.sizes());
-  TORCH_CHECK_VALUE(lse.sizes() == at::IntArrayRef({2, b}), "lse must have shape (2, ", b, "), got ", lse.sizes());
+  TORCH_CHECK_VALUE(stats.sizes() == at::IntArrayRef({2, 3, b}), "stats must have shape (2, 3, ", b, "), got ",
+                    stats.sizes());
 }
 
 inline void check_kendall_args(const at::Tensor& scores, const at::Tensor& relevance,

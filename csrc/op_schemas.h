@@ -18,10 +18,11 @@ inline void define_ops(torch::Library& m) {
       "bool compute_grad) -> (Tensor, Tensor, Tensor)");
 
   // Triplet-SN on a square in-batch matrix: per-query losses (2, B) [image-to-text, text-to-image]
-  // and their log(1 + sum exp) (2, B), which the backward reuses.
+  // and per query (shift score, 1 / sum of the shifted exponentials, the negatives' share of that
+  // sum) (2, 3, B), as InfoNCE's, which the backward reuses.
   m.def("triplet_sn(Tensor scores, Tensor? relevance, float margin, float temperature, float rho) -> (Tensor, Tensor)");
   m.def(
-      "triplet_sn_backward(Tensor grad, Tensor scores, Tensor? relevance, Tensor lse, float margin, "
+      "triplet_sn_backward(Tensor grad, Tensor scores, Tensor? relevance, Tensor stats, float margin, "
       "float temperature, float rho) -> Tensor");
   // InfoNCE: per-query losses, (2, B) [image-to-text, text-to-image] of a square in-batch matrix or
   // (1, Q) of the rows of (Q, N) scores against `positives`, and per query (shift score, 1 / sum of

@@ -75,10 +75,10 @@ def register(namespace):
     @torch.library.register_fake(f"{namespace}::triplet_sn")
     def _triplet_sn_fake(scores, relevance, margin, temperature, rho):
         b = scores.shape[0]
-        return scores.new_empty((2, b)), scores.new_empty((2, b), dtype=_acc_dtype(scores))
+        return scores.new_empty((2, b)), scores.new_empty((2, 3, b), dtype=_acc_dtype(scores))
 
     @torch.library.register_fake(f"{namespace}::triplet_sn_backward")
-    def _triplet_sn_backward_fake(grad, scores, relevance, lse, margin, temperature, rho):
+    def _triplet_sn_backward_fake(grad, scores, relevance, stats, margin, temperature, rho):
         return scores.new_empty(scores.shape)
 
     @torch.library.register_fake(f"{namespace}::kendall_full")

@@ -70,6 +70,13 @@ def finite(x, name):
         raise ValueError(f"{name} must be a finite number, got {x!r}")
 
 
+def rho(x):
+    """Triplet-SN's relevance threshold: any number, +inf included (keeps every candidate but the
+    positive), not NaN (no candidate would be a negative, silently)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not x == x:   # x != x: NaN (symbolic-safe)
+        raise ValueError(f"rho must be a number (not NaN; +inf keeps every candidate but the positive), got {x!r}")
+
+
 def unit_interval(x, name):
     finite(x, name)
     if not 0 <= x <= 1:

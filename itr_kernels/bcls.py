@@ -52,31 +52,59 @@ def _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction, pos
         check.relevance(relevance, scores)
     check.finite(margin, "margin")
     check.positive(temperature, "temperature")
-    check.finite(rho, "rho")
+    check.rho(rho)
     check.choice(reduction, "reduction", REDUCTIONS)
 
 
 def triplet_sn_loss(scores, relevance=None, margin=0.2, temperature=0.01, rho=1.0, reduction="mean", positives=None):
     """Triplet loss with soft negative mining on a square in-batch matrix (diagonal = positives):
     per query ``T * log(1 + sum_{j in Neg} exp((m + S[q,j] - S[q,p]) / T))`` with
-    ``Neg = {j != p : R[q,j] < rho}``, both directions from one pass over S (the text-to-image
-    direction uses relevance.T). "none" gives (2, B) [image-to-text, text-to-image]; "mean"
-    averages each direction, then the two.
+    ``Neg = {j != p : R[q,j] < rho}`` (every j != p without relevance, whatever rho; rho = +inf
+    keeps them all), both directions from one pass over S (the text-to-image direction uses
+    relevance.T). "none" gives (2, B) [image-to-text, text-to-image]; "mean" averages each
+    direction, then the two. Values and gradients keep their relative accuracy as T -> 0, the
+    VSE++ max-violation limit.
 
     positives: the column of each row's positive, for rectangular (Q, N) scores (local rows against
-    a global batch); then only the rows are queries ("none" gives (Q,)), computed as a masked
-    logsumexp in O(Q·N) memory."""
+    a global batch); then only the rows are queries ("none" gives (Q,)), in O(Q·N) memory."""
     _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction, positives)
     if positives is not None:
-        col = positives.long()[:, None]
-        x = (margin + scores - scores.gather(1, col)) / temperature
-        negative = torch.ones_like(scores, dtype=torch.bool).scatter(1, col, False)
-        if relevance is not None:
-            negative &= relevance < rho
-        x = torch.cat([x.new_zeros(x.shape[0], 1), x.masked_fill(~negative, -torch.inf)], dim=1)
-        return reduce_rows(temperature * torch.logsumexp(x, dim=1), None, reduction)   # T log(1 + sum e^x)
+        return reduce_rows(_triplet_sn_rows(scores, relevance, margin, temperature, rho, positives), None, reduction)
     loss, _ = _ops.ops.triplet_sn(scores, relevance, float(margin), float(temperature), float(rho))
     return reduce_rows(loss, None, reduction)
+
+
+def _triplet_sn_rows(scores, relevance, margin, temperature, rho, positives):
+    """Triplet-SN of the rows of (Q, N) scores, in the kernels' form (csrc/include/itr_kernels/
+    bcls_math.h): exponents from score differences, (S_j - shift) / T with the shift the row's
+    largest negative score (held constant: the loss does not depend on it), and the positive's own
+    term's exponent (S_p - m - shift) / T in float64 with S_p - shift exact, so that neither carries
+    the eps * |S| / T rounding of (m + S_j - S_p) / T. Then L = T softplus(log(neg) - x_p)."""
+    acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    s = scores.to(acc)
+    col = positives.long()[:, None]
+    pos = s.gather(1, col)
+    negative = torch.ones_like(s, dtype=torch.bool).scatter(1, col, False)
+    if relevance is not None:
+        negative &= relevance < rho
+    shift = torch.where(negative, s, -torch.inf).amax(dim=1, keepdim=True).detach()
+    shift = torch.where(pos.isnan() & negative.any(dim=1, keepdim=True), torch.nan, shift)  # NaN enters every term
+    finite = shift.isfinite()
+    c = torch.where(finite, shift, 0)
+    neg = torch.exp(torch.where(negative, (s - c) / temperature, -torch.inf)).sum(dim=1, keepdim=True).double()
+    # (S_p - c) - m with S_p - c exact (TwoSum: d + err); err is a constant correction
+    p64, c64 = pos.double(), c.double()
+    d = p64 - c64
+    bv = (d - p64).detach()
+    err = torch.where(d.isfinite(), (p64.detach() - (d.detach() - bv)) + (-c64 - bv), 0)
+    x = ((d - margin) + err) / temperature
+    has = neg > 0
+    # softplus is z itself above its threshold: 50 keeps the dropped log1p(e^-z) below 1e-21 of z
+    loss = torch.where(has, temperature * F.softplus(torch.log(torch.where(has, neg, 1)) - x, threshold=50), 0)
+    # a negative at +inf: +inf (NaN if the positive is +inf too); a NaN shift: NaN
+    special = torch.where((shift == torch.inf) & (pos < torch.inf), torch.inf, torch.nan).to(loss.dtype)
+    loss = torch.where(finite | (shift == -torch.inf), loss, special)
+    return loss.squeeze(1).to(scores.dtype)
 
 
 def kendall_loss(scores, relevance, gap=None, phi="hinge", margin=0.0, temperature=0.01, sampling="full", window=8,

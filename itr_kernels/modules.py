@@ -33,7 +33,7 @@ def triplet_module_args(margin, reduction):
 def triplet_sn_module_args(margin, temperature, rho, reduction):
     check.finite(margin, "margin")
     check.positive(temperature, "temperature")
-    check.finite(rho, "rho")
+    check.rho(rho)
     check.choice(reduction, "reduction", losses.REDUCTIONS)
 
 

@@ -1,5 +1,6 @@
 import math
 
+import mpmath  # a dependency of torch (through sympy): the exact truth of the small-temperature tests
 import pytest
 import torch
 
@@ -51,6 +52,183 @@ def test_triplet_sn_deterministic(device, gen):
     scores, relevance = scores.float().to(device), relevance.float().to(device)
     runs = [run(ik.triplet_sn_loss, scores, relevance, rho=0.7) for _ in range(2)]
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+# ---- Triplet-SN as T -> 0 (the VSE++ limit): values and gradients against an exact truth ----
+
+def triplet_sn_queries(q, n, positives, relevance, rho):
+    """Triplet-SN's queries as (positive (row, col), negatives [(row, col)]): the rows of (q, n)
+    scores against `positives`, or (positives None) both directions of a square matrix, the
+    text-to-image queries reading relevance.T. Without relevance every j != p is a negative."""
+    def negatives(cells, p):
+        return [c for c in cells if c != p and (relevance is None or relevance[c].item() < rho)]
+    if positives is not None:
+        return [((i, int(positives[i])), negatives([(i, j) for j in range(n)], (i, int(positives[i]))))
+                for i in range(q)]
+    rows = [((i, i), negatives([(i, j) for j in range(n)], (i, i))) for i in range(q)]
+    cols = [((j, j), negatives([(i, j) for i in range(q)], (j, j))) for j in range(n)]
+    return rows + cols
+
+
+def triplet_sn_truth(scores, queries, margin, temperature, upstream):
+    """Per query T ln(1 + sum_j exp((m + S_j - S_p) / T)) and the gradient of sum(upstream * loss),
+    in 60-digit arithmetic (mpmath) on the exact values of the scores, margin and T: exact at any T."""
+    s = scores.double().tolist()
+    grad = [[mpmath.mpf(0)] * scores.shape[1] for _ in range(scores.shape[0])]
+    losses = []
+    with mpmath.workdps(60):
+        m, t = mpmath.mpf(margin), mpmath.mpf(temperature)
+        for ((pi, pj), negs), g in zip(queries, upstream.double().tolist()):
+            x = [(m + mpmath.mpf(s[i][j]) - mpmath.mpf(s[pi][pj])) / t for i, j in negs]
+            top = max(x + [mpmath.mpf(0)])
+            total = mpmath.exp(-top) + mpmath.fsum(mpmath.exp(v - top) for v in x)
+            losses.append(t * (top + mpmath.log(total)))
+            for (i, j), v in zip(negs, x):
+                w = g * mpmath.exp(v - top) / total
+                grad[i][j] += w
+                grad[pi][pj] -= w
+        return (torch.tensor([float(v) for v in losses], dtype=torch.float64),
+                torch.tensor([[float(v) for v in row] for row in grad], dtype=torch.float64))
+
+
+def near_tie_scores(q, n, positives, temperature, dtype, gen, margin=0.2):
+    """Scores whose every Triplet-SN term matters at temperature T: the positives near one base
+    score b (b + e T), every other score b - m + c T with c in [-8, 4], so that the exponents
+    (m + S_j - S_p) / T are of order 1 in both directions (then rounded to dtype: the truth reads
+    the rounded values)."""
+    base = 0.1 + 0.8 * torch.rand((), generator=gen, dtype=torch.float64)
+    s = base - margin + temperature * (12 * torch.rand(q, n, generator=gen, dtype=torch.float64) - 8)
+    rows = torch.arange(q)
+    cols = torch.arange(q) if positives is None else positives
+    s[rows, cols] = base + temperature * (2 * torch.rand(q, generator=gen, dtype=torch.float64) - 1)
+    return s.to(dtype)
+
+
+def relative_error(got, truth):
+    return ((got.double() - truth).norm() / truth.norm()).item()
+
+
+SMALL_TEMPERATURES = {torch.float32: [1.0, 0.1, 1e-3, 1e-5, 1e-6, 1e-7, 1e-9],
+                      torch.float64: [1.0, 1e-3, 1e-6, 1e-9, 1e-12, 1e-14, 1e-16]}
+SMALL_T_RTOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+@pytest.mark.parametrize("soft", [False, True], ids=["all-negatives", "relevance"])
+@pytest.mark.parametrize("shape", ["square", "rows"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triplet_sn_small_temperature_is_exact(dtype, shape, soft, device, gen):
+    """Values and gradients keep their relative accuracy from T = 1 down to the VSE++ limit (the
+    log-sum-exp form lost eps * |S| / T: float32 gradients off by 1e-3 at T = 1e-5, infinite at 1e-9)."""
+    q, n = (6, 6) if shape == "square" else (5, 9)
+    positives = None if shape == "square" else torch.randint(0, n, (q,), generator=gen)
+    relevance = torch.randint(0, 5, (q, n), generator=gen).double() / 4 if soft else None
+    rho = 0.6 if soft else 1.0
+    queries = triplet_sn_queries(q, n, positives, relevance, rho)
+    errors = {}
+    for t in SMALL_TEMPERATURES[dtype]:
+        scores = near_tie_scores(q, n, positives, t, dtype, gen)
+        upstream = torch.rand(len(queries), generator=gen, dtype=torch.float64).to(dtype) + 0.5
+        truth, truth_grad = triplet_sn_truth(scores, queries, 0.2, t, upstream)
+        kw = dict(margin=0.2, temperature=t, rho=rho, reduction="none")
+        if positives is not None:
+            kw["positives"] = positives.to(device)
+        out, grad = run(ik.triplet_sn_loss, scores.to(device), None if relevance is None else relevance.to(device),
+                        upstream=upstream.reshape(-1, q).squeeze(0).to(device), **kw)
+        errors[t] = (relative_error(out.reshape(-1).cpu(), truth), relative_error(grad.cpu(), truth_grad))
+    assert all(max(e) <= SMALL_T_RTOL[dtype] for e in errors.values()), errors
+
+
+@pytest.mark.parametrize("shape", ["square", "rows"])
+def test_triplet_sn_tiny_temperature_by_hand(shape, device):
+    """The issue's case: at T = 1e-9 the loss is the VSE++ max-violation hinge and the gradient of
+    its mean has S.grad[0, 1] = 1/3 (row 0's and column 1's hardest negative), not 3e11."""
+    s = torch.tensor([[.1, .5, .2], [.3, .2, 0.], [.1, .2, .4]], device=device, requires_grad=True)
+    positives = None if shape == "square" else torch.arange(3)
+    kw = {} if positives is None else dict(positives=positives.to(device))
+    ik.triplet_sn_loss(s, temperature=1e-9, **kw).backward()
+    assert abs(s.grad[0, 1].item() - 1 / 3) <= 1e-7
+    queries = triplet_sn_queries(3, 3, positives, None, 1.0)
+    _, truth = triplet_sn_truth(s.detach().cpu(), queries, 0.2, 1e-9, torch.ones(len(queries)) / len(queries))
+    assert relative_error(s.grad.cpu(), truth) <= 1e-6
+
+
+def test_triplet_sn_non_finite_scores(device):
+    """The kernels' shifted form gives the formula's non-finite values as torch computes them: a NaN
+    positive makes its queries NaN (even when every negative is -inf), a negative at +inf gives +inf,
+    -inf negatives add nothing."""
+    inf, nan = math.inf, math.nan
+    s = torch.tensor([[nan, -inf, -inf, 0.1], [-inf, 0.3, 0.2, inf], [-inf, 0.1, inf, 0.], [0.2, -inf, 0.5, 0.4]],
+                     dtype=torch.float64)
+    expected = []
+    for m in (s, s.T):
+        x = ((0.2 + m - m.diagonal()[:, None]) / 0.05).masked_fill(torch.eye(4, dtype=torch.bool), -inf)
+        expected.append(0.05 * torch.logsumexp(torch.cat([torch.zeros(4, 1, dtype=s.dtype), x], dim=1), dim=1))
+    expected = torch.stack(expected)
+    got = ik.triplet_sn_loss(s.to(device), temperature=0.05, reduction="none").cpu()
+    torch.testing.assert_close(got, expected, equal_nan=True)
+    rows = ik.triplet_sn_loss(s.to(device), temperature=0.05, reduction="none", positives=torch.arange(4, device=device))
+    torch.testing.assert_close(rows.cpu(), expected[0], equal_nan=True)
+
+
+# ---- Triplet-SN's rho ----
+
+@pytest.mark.parametrize("rho", [1.0, 0.0, -1.0, -math.inf, math.inf])
+@pytest.mark.parametrize("shape", ["square", "rows"])
+def test_triplet_sn_rho_without_relevance_is_ignored(shape, rho, device, gen):
+    """Without relevance every j != p is a negative, whatever rho (rho <= 0 gave 0 on the kernels)."""
+    q, n = (5, 5) if shape == "square" else (4, 7)
+    scores = cosine_scores(q, n, gen).to(device)
+    positives = None if shape == "square" else torch.randint(0, n, (q,), generator=gen)
+    kw = dict(margin=0.2, temperature=0.05, rho=rho, reduction="none")
+    if positives is not None:
+        kw["positives"] = positives.to(device)
+    out, grad = run(ik.triplet_sn_loss, scores, None, **kw)
+    queries = triplet_sn_queries(q, n, positives, None, rho)
+    truth, truth_grad = triplet_sn_truth(scores.cpu(), queries, 0.2, 0.05, torch.ones(len(queries)))
+    assert relative_error(out.reshape(-1).cpu(), truth) <= 1e-12 and relative_error(grad.cpu(), truth_grad) <= 1e-12
+    assert torch.all(out > 0)
+
+
+@pytest.mark.parametrize("shape", ["square", "rows"])
+def test_triplet_sn_rho_inf_keeps_every_negative(shape, device, gen):
+    """With relevance, Neg = {j != p : R < rho}: rho = +inf keeps them all (relevance 1 included),
+    rho = 1 leaves out relevance 1, rho = -inf keeps none."""
+    q, n = (6, 6) if shape == "square" else (4, 7)
+    scores = cosine_scores(q, n, gen).to(device)
+    relevance = (torch.randint(0, 3, (q, n), generator=gen).double() / 2).to(device)  # 0, 0.5 and 1
+    kw = dict(margin=0.2, temperature=0.05, reduction="none")
+    if shape == "rows":
+        kw["positives"] = torch.randint(0, n, (q,), generator=gen).to(device)
+    everything = ik.triplet_sn_loss(scores, **kw)
+    torch.testing.assert_close(ik.triplet_sn_loss(scores, relevance, rho=math.inf, **kw), everything,
+                               rtol=0, atol=0)
+    strict = ik.triplet_sn_loss(scores, relevance, rho=1.0, **kw)
+    positives = None if shape == "square" else kw["positives"].cpu()
+    queries = triplet_sn_queries(q, n, positives, relevance.cpu(), 1.0)
+    truth, _ = triplet_sn_truth(scores.cpu(), queries, 0.2, 0.05, torch.ones(len(queries)))
+    assert relative_error(strict.reshape(-1).cpu(), truth) <= 1e-12
+    assert torch.all(ik.triplet_sn_loss(scores, relevance, rho=-math.inf, **kw) == 0)
+
+
+def test_triplet_sn_rho_checks(device):
+    """rho = +inf is accepted everywhere (functions, modules, BCLS); NaN is rejected naming rho, by
+    the Python API and by the ops themselves, before any work."""
+    s, r = torch.rand(4, 4, device=device), torch.rand(4, 4, device=device)
+    rows = dict(positives=torch.tensor([0, 2, 1, 3], device=device))
+    assert torch.isfinite(ik.TripletSNLoss(rho=math.inf)(s, r))
+    assert torch.isfinite(ik.BCLSLoss(rho=math.inf, window=2)(s, r))
+    assert torch.isfinite(ik.BCLSLoss(rho=math.inf, window=2)(s, r, positives=torch.arange(4, device=device),
+                                                              scores_t2i=s.T.contiguous()))
+    for call in (lambda: ik.triplet_sn_loss(s, r, rho=math.nan), lambda: ik.triplet_sn_loss(s, r, rho=math.nan, **rows),
+                 lambda: ref.triplet_sn_loss(s, r, rho=math.nan), lambda: ik.TripletSNLoss(rho=math.nan),
+                 lambda: ik.BCLSLoss(rho=math.nan)):
+        with pytest.raises(ValueError, match="rho must be a number"):
+            call()
+    with pytest.raises(ValueError, match="rho must be a number"):
+        ik._ops.ops.triplet_sn(s, None, 0.2, 0.05, math.nan)
+    stats = ik._ops.ops.triplet_sn(s, None, 0.2, 0.05, 1.0)[1]
+    with pytest.raises(ValueError, match="rho must be a number"):
+        ik._ops.ops.triplet_sn_backward(torch.ones(2, 4, device=device), s, None, stats, 0.2, 0.05, math.nan)
 
 
 # ---- Kendall, full ----
@@ -332,12 +510,12 @@ def test_opcheck(device, gen):
     scores, relevance, valid = scores.to(device), relevance.to(device), valid.to(device)
     req = scores.clone().requires_grad_()
     ops = ik._ops.ops  # the routed ops: the CUDA emulation's under the cuda-emu device
-    lse = ops.triplet_sn(scores, relevance, 0.2, 0.05, 0.9)[1]
+    stats = ops.triplet_sn(scores, relevance, 0.2, 0.05, 0.9)[1]
     for op, args in [
         (ops.triplet_sn.default, (req, None, 0.2, 0.05, 1.0)),
         (ops.triplet_sn.default, (req, relevance, 0.2, 0.05, 0.7)),
         (ops.triplet_sn_backward.default, (torch.randn(2, 6, dtype=scores.dtype, device=device), scores, relevance,
-                                           lse, 0.2, 0.05, 0.9)),
+                                           stats, 0.2, 0.05, 0.9)),
         (ops.kendall_full.default, (req, relevance, valid, 0.1, 0, 0.1, 0.1, True)),
         (ops.kendall_full.default, (scores.float(), relevance.float(), None, 0.1, 1, 0.0, 0.1, False)),
         (ops.kendall_full.default, (scores.half().requires_grad_(), relevance.half(), valid, 0.1, 2, 0.0, 0.1, True)),

@@ -1,6 +1,7 @@
-// CPU kernels of itr_kernels::triplet_sn and its backward (SPEC section 5, Triplet-SN). Both
-// directions in one pass over S: rows give the image-to-text log-sum-exps, and column partials over
-// fixed blocks of rows, merged in block order, give the text-to-image ones (deterministic).
+// CPU kernels of itr_kernels::triplet_sn and its backward (SPEC section 5, Triplet-SN; the math in
+// bcls_math.h). Both directions in one pass over S: rows give the image-to-text shifted sums, and
+// column partials over fixed blocks of rows, merged in block order, the text-to-image ones
+// (deterministic). O(B) saved statistics per direction; the backward recomputes the weights.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -26,55 +27,73 @@ at::Tensor relevance_as(const c10::optional<at::Tensor>& relevance) {
   return relevance.has_value() ? relevance->to(c10::CppTypeToScalarType<T>::value).contiguous() : at::Tensor();
 }
 
+template <typename T, typename scalar_t>
+std::vector<T> diagonal_of(const scalar_t* s, int64_t B) {
+  std::vector<T> d(B);
+  for (int64_t i = 0; i < B; ++i) d[i] = static_cast<T>(s[i * B + i]);
+  return d;
+}
+
 std::tuple<at::Tensor, at::Tensor> triplet_sn_cpu(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance,
                                                   double margin, double temperature, double rho) {
-  check_triplet_sn_args(scores, relevance, temperature);
+  check_triplet_sn_args(scores, relevance, margin, temperature, rho);
   const at::Tensor S = scores.contiguous();
   const int64_t B = S.size(0);
   const auto acc_dtype = S.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   at::Tensor loss = at::empty({2, B}, S.options());
-  at::Tensor lse = at::empty({2, B}, S.options().dtype(acc_dtype));
-  if (B == 0) return {loss, lse};
+  at::Tensor stats = at::empty({2, 3, B}, S.options().dtype(acc_dtype));
+  if (B == 0) return {loss, stats};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, S.scalar_type(), "triplet_sn_cpu", [&] {
     using T = at::opmath_type<scalar_t>;
     const scalar_t* s = S.const_data_ptr<scalar_t>();
     const at::Tensor R = relevance_as<T>(relevance);
     const T* r = R.defined() ? R.const_data_ptr<T>() : nullptr;
-    const T m = static_cast<T>(margin), inv_t = static_cast<T>(1.0 / temperature), rh = static_cast<T>(rho);
+    const T k = static_cast<T>(kLog2e / temperature), rh = static_cast<T>(rho);
+    const std::vector<T> pos = diagonal_of<T>(s, B);
     const int64_t blocks = (B + kRowBlock - 1) / kRowBlock;
-    std::vector<LogSumExp<T>> row_lse(B), col_part(blocks * B);
+    std::vector<ShiftedSum<T>> rows(B), col_part(blocks * B);
+    std::vector<char> col_any(blocks * B, 0);  // whether a block's part of column j has a negative
     for_each_row(blocks, kRowBlock * B, [&](int64_t blk) {
-      LogSumExp<T>* cols = col_part.data() + blk * B;
+      ShiftedSum<T>* cols = col_part.data() + blk * B;
+      char* any = col_any.data() + blk * B;
       for (int64_t i = blk * kRowBlock; i < std::min(B, (blk + 1) * kRowBlock); ++i) {
-        const T pos_i = static_cast<T>(s[i * B + i]);
+        bool row_any = false;
         for (int64_t j = 0; j < B; ++j) {
           const T sij = static_cast<T>(s[i * B + j]);
-          const T rij = r ? r[i * B + j] : T(0);
-          if (soft_negative(j, i, rij, rh)) row_lse[i].add((m + sij - pos_i) * inv_t);  // image i's negatives
-          if (soft_negative(i, j, rij, rh))  // caption j's negatives are the images i != j
-            cols[j].add((m + sij - static_cast<T>(s[j * B + j])) * inv_t);
+          if (soft_negative(j, i, r, i * B + j, rh)) {  // image i's negatives
+            rows[i].add(sij, k);
+            row_any = true;
+          }
+          if (soft_negative(i, j, r, i * B + j, rh)) {  // caption j's negatives are the images i != j
+            cols[j].add(sij, k);
+            any[j] = 1;
+          }
         }
+        mark_nan_positive(rows[i], pos[i], row_any);
       }
+      for (int64_t j = 0; j < B; ++j) mark_nan_positive(cols[j], pos[j], any[j] != 0);
     });
     scalar_t* out = loss.mutable_data_ptr<scalar_t>();
-    T* lse_p = lse.mutable_data_ptr<T>();
-    const T t = static_cast<T>(temperature);
-    for_each_row(B, blocks, [&](int64_t j) {
-      LogSumExp<T> col;
-      for (int64_t blk = 0; blk < blocks; ++blk) col.merge(col_part[blk * B + j]);
-      lse_p[j] = row_lse[j].log1p_sum();
-      lse_p[B + j] = col.log1p_sum();
-      out[j] = static_cast<scalar_t>(t * lse_p[j]);
-      out[B + j] = static_cast<scalar_t>(t * lse_p[B + j]);
+    T* st = stats.mutable_data_ptr<T>();  // per direction: shift, 1 / total, negatives' share
+    for_each_row(B, blocks, [&](int64_t q) {
+      ShiftedSum<T> col;
+      for (int64_t blk = 0; blk < blocks; ++blk) col.merge(col_part[blk * B + q], k);
+      const ShiftedSum<T>* dir[2] = {&rows[q], &col};
+      for (int d = 0; d < 2; ++d) {
+        T* sd = st + 3 * B * d;
+        out[B * d + q] = static_cast<scalar_t>(
+            triplet_sn_finish(pos[q], dir[d]->max, dir[d]->sum, margin, temperature, sd[B + q], sd[2 * B + q]));
+        sd[q] = dir[d]->max;
+      }
     });
   });
-  return {loss, lse};
+  return {loss, stats};
 }
 
 at::Tensor triplet_sn_backward_cpu(const at::Tensor& grad, const at::Tensor& scores,
-                                   const c10::optional<at::Tensor>& relevance, const at::Tensor& lse, double margin,
+                                   const c10::optional<at::Tensor>& relevance, const at::Tensor& stats, double margin,
                                    double temperature, double rho) {
-  check_triplet_sn_backward_args(grad, scores, relevance, lse, temperature);
+  check_triplet_sn_backward_args(grad, scores, relevance, stats, margin, temperature, rho);
   const at::Tensor S = scores.contiguous();
   const int64_t B = S.size(0);
   at::Tensor out = at::empty({B, B}, S.options());
@@ -85,22 +104,19 @@ at::Tensor triplet_sn_backward_cpu(const at::Tensor& grad, const at::Tensor& sco
     const at::Tensor R = relevance_as<T>(relevance);
     const T* r = R.defined() ? R.const_data_ptr<T>() : nullptr;
     const at::Tensor G = grad.to(c10::CppTypeToScalarType<T>::value).contiguous();
-    const at::Tensor L = lse.to(c10::CppTypeToScalarType<T>::value).contiguous();
+    const at::Tensor St = stats.to(c10::CppTypeToScalarType<T>::value).contiguous();
     const T* g = G.const_data_ptr<T>();
-    const T* l = L.const_data_ptr<T>();
-    const T m = static_cast<T>(margin), inv_t = static_cast<T>(1.0 / temperature), rh = static_cast<T>(rho);
+    const T* row = St.const_data_ptr<T>();  // shift, 1 / total, negatives' share of each direction
+    const T* col = row + 3 * B;
+    const T k = static_cast<T>(kLog2e / temperature), rh = static_cast<T>(rho);
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    // dL/dS[q, j] = softmax weight p_j of each negative; the positive gets -sum_j p_j = -(1 - e^-lse).
     for_each_row(B, 4 * B, [&](int64_t i) {
-      const T pos_i = static_cast<T>(s[i * B + i]);
       for (int64_t j = 0; j < B; ++j) {
         const T sij = static_cast<T>(s[i * B + j]);
-        const T rij = r ? r[i * B + j] : T(0);
         T v = 0;
-        if (soft_negative(j, i, rij, rh)) v += g[i] * std::exp((m + sij - pos_i) * inv_t - l[i]);
-        if (soft_negative(i, j, rij, rh))
-          v += g[B + j] * std::exp((m + sij - static_cast<T>(s[j * B + j])) * inv_t - l[B + j]);
-        if (i == j) v = -(g[i] * -std::expm1(-l[i]) + g[B + i] * -std::expm1(-l[B + i]));
+        if (soft_negative(j, i, r, i * B + j, rh)) v += g[i] * triplet_sn_weight(sij, row[i], row[B + i], k);
+        if (soft_negative(i, j, r, i * B + j, rh)) v += g[B + j] * triplet_sn_weight(sij, col[j], col[B + j], k);
+        if (i == j) v = -(g[i] * row[2 * B + i] + g[B + i] * col[2 * B + i]);
         o[i * B + j] = static_cast<scalar_t>(v);
       }
     });

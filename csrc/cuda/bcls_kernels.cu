@@ -19,109 +19,132 @@ constexpr int kRowGroups = kThreads / kColsPerBlock;
 constexpr int kKendallCols = 256;                      // Kendall: one column per thread, 256 per tile
 constexpr int kKendallTile = 512;                      // staged candidates per shared-memory tile
 
+// A block's ShiftedSums merged: lanes by the shuffle tree, then the warps in order (deterministic).
 template <typename T>
-__device__ __forceinline__ LogSumExp<T> shfl_down(const LogSumExp<T>& x, int offset) {
-  LogSumExp<T> o;
-  o.max = __shfl_down_sync(0xffffffffu, x.max, offset);
-  o.sum = __shfl_down_sync(0xffffffffu, x.sum, offset);
-  return o;
-}
-
-template <typename T>
-__device__ LogSumExp<T> block_merge(LogSumExp<T> x) {
+__device__ ShiftedSum<T> block_merge(ShiftedSum<T> x, T k) {
   __shared__ T maxes[kThreads / 32], sums[kThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) x.merge(shfl_down(x, o));
+  for (int o = 16; o > 0; o >>= 1) x.merge(shfl_down(x, o), k);
   __syncthreads();
   if ((threadIdx.x & 31) == 0) {
     maxes[threadIdx.x >> 5] = x.max;
     sums[threadIdx.x >> 5] = x.sum;
   }
   __syncthreads();
-  LogSumExp<T> total;
+  ShiftedSum<T> total;
   for (int w = 0; w < kThreads / 32; ++w) {
-    LogSumExp<T> part;
+    ShiftedSum<T> part;
     part.max = maxes[w];
     part.sum = sums[w];
-    total.merge(part);
+    total.merge(part, k);
   }
   return total;
+}
+
+// The reduction kernels leave each query's ShiftedSum (max, sum) in the first two rows of its
+// direction's (3, B) block of stats; triplet_sn_finish_kernel turns it into the loss and the
+// statistics (shift, 1 / total, negatives' share), with its per-query double math out of their way.
+template <typename T>
+__device__ __forceinline__ void store_sum(const ShiftedSum<T>& acc, int64_t q, int64_t b, T* stats) {
+  stats[q] = acc.max;
+  stats[b + q] = acc.sum;
 }
 
 // Image-to-text: one block per row of S.
 template <typename In>
 __global__ void __launch_bounds__(kThreads) triplet_sn_rows(const In* s, int64_t b, int64_t rs, int64_t cs,
-                                                            const typename Traits<In>::Acc* rel, double margin,
-                                                            double temperature, double rho, In* loss,
-                                                            typename Traits<In>::Acc* lse) {
+                                                            const typename Traits<In>::Acc* rel,
+                                                            double temperature, double rho,
+                                                            typename Traits<In>::Acc* stats) {
   using T = typename Traits<In>::Acc;
-  const T m = margin, inv_t = 1.0 / temperature, rh = rho;
+  const T k = kLog2e / temperature, rh = rho;
   for (int64_t i = blockIdx.x; i < b; i += gridDim.x) {
     const T pos = to_acc(s[i * rs + i * cs]);
-    LogSumExp<T> acc;
-    for (int64_t j = threadIdx.x; j < b; j += kThreads)
-      if (soft_negative(j, i, rel ? rel[i * b + j] : T(0), rh)) acc.add((m + T(to_acc(s[i * rs + j * cs])) - pos) * inv_t);
-    const T v = block_merge(acc).log1p_sum();
-    if (threadIdx.x == 0) {
-      lse[i] = v;
-      loss[i] = from_acc<In>(static_cast<T>(temperature) * v);
+    ShiftedSum<T> acc;
+    bool any = false;
+    for (int64_t j = threadIdx.x; j < b; j += kThreads) {
+      if (!soft_negative(j, i, rel, i * b + j, rh)) continue;
+      acc.add(T(to_acc(s[i * rs + j * cs])), k);
+      any = true;
     }
+    mark_nan_positive(acc, pos, any);
+    const ShiftedSum<T> total = block_merge(acc, k);
+    if (threadIdx.x == 0) store_sum(total, i, b, stats);
   }
 }
 
 // Text-to-image: a block owns 32 columns; 8 row groups stride over the rows, merged in order.
 template <typename In>
 __global__ void __launch_bounds__(kThreads) triplet_sn_cols(const In* s, int64_t b, int64_t rs, int64_t cs,
-                                                            const typename Traits<In>::Acc* rel, double margin,
-                                                            double temperature, double rho, In* loss,
-                                                            typename Traits<In>::Acc* lse) {
+                                                            const typename Traits<In>::Acc* rel,
+                                                            double temperature, double rho,
+                                                            typename Traits<In>::Acc* stats) {
   using T = typename Traits<In>::Acc;
   __shared__ T maxes[kRowGroups][kColsPerBlock], sums[kRowGroups][kColsPerBlock];
-  const T m = margin, inv_t = 1.0 / temperature, rh = rho;
+  const T k = kLog2e / temperature, rh = rho;
   const int c = threadIdx.x % kColsPerBlock, g = threadIdx.x / kColsPerBlock;
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColsPerBlock + c;
-  LogSumExp<T> acc;
+  ShiftedSum<T> acc;
   if (j < b) {
-    const T pos = to_acc(s[j * rs + j * cs]);
-    for (int64_t i = g; i < b; i += kRowGroups)
-      if (soft_negative(i, j, rel ? rel[i * b + j] : T(0), rh)) acc.add((m + T(to_acc(s[i * rs + j * cs])) - pos) * inv_t);
+    bool any = false;
+    for (int64_t i = g; i < b; i += kRowGroups) {
+      if (!soft_negative(i, j, rel, i * b + j, rh)) continue;
+      acc.add(T(to_acc(s[i * rs + j * cs])), k);
+      any = true;
+    }
+    mark_nan_positive(acc, T(to_acc(s[j * rs + j * cs])), any);
   }
   maxes[g][c] = acc.max;
   sums[g][c] = acc.sum;
   __syncthreads();
   if (g == 0 && j < b) {
-    LogSumExp<T> total;
-    for (int k = 0; k < kRowGroups; ++k) {
-      LogSumExp<T> part;
-      part.max = maxes[k][c];
-      part.sum = sums[k][c];
-      total.merge(part);
+    ShiftedSum<T> total;
+    for (int r = 0; r < kRowGroups; ++r) {
+      ShiftedSum<T> part;
+      part.max = maxes[r][c];
+      part.sum = sums[r][c];
+      total.merge(part, k);
     }
-    const T v = total.log1p_sum();
-    lse[j] = v;
-    loss[j] = from_acc<In>(static_cast<T>(temperature) * v);
+    store_sum(total, j, b, stats);
   }
 }
 
+// Per query (direction d, index q): the loss and the statistics from the stored ShiftedSum.
+template <typename In>
+__global__ void triplet_sn_finish_kernel(const In* s, int64_t b, int64_t rs, int64_t cs, double margin,
+                                         double temperature, In* loss, typename Traits<In>::Acc* stats) {
+  using T = typename Traits<In>::Acc;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < 2 * b;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t q = e % b;
+    T* st = stats + 3 * b * (e / b);
+    const T shift = st[q], neg = st[b + q];
+    loss[e] = from_acc<In>(
+        triplet_sn_finish(T(to_acc(s[q * rs + q * cs])), shift, neg, margin, temperature, st[b + q], st[2 * b + q]));
+  }
+}
+
+// dL/dS[i, j] from each direction's statistics: a negative's weight 2^((S - shift) k) / total, the
+// positive's -(negatives' share), times the upstream gradients.
 template <typename In>
 __global__ void __launch_bounds__(kThreads) triplet_sn_grad(const In* s, int64_t b, int64_t rs, int64_t cs,
                                                             const typename Traits<In>::Acc* rel,
                                                             const typename Traits<In>::Acc* grad,
-                                                            const typename Traits<In>::Acc* lse, double margin,
+                                                            const typename Traits<In>::Acc* stats,
                                                             double temperature, double rho, In* out) {
   using T = typename Traits<In>::Acc;
-  const T m = margin, inv_t = 1.0 / temperature, rh = rho;
+  const T k = kLog2e / temperature, rh = rho;
+  const T* row = stats;  // per direction: shift, 1 / total, negatives' share
+  const T* col = stats + 3 * b;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; e < b * b;
        e += static_cast<int64_t>(gridDim.x) * kThreads) {
     const int64_t i = e / b, j = e % b;
     T v = 0;
-    if (i == j) {  // the positive of row i and of column i: -sum of the softmax weights = -(1 - e^-lse)
-      v = grad[i] * expm1(-lse[i]) + grad[b + i] * expm1(-lse[b + i]);
+    if (i == j) {  // the positive of row i and of column i
+      v = -(grad[i] * row[2 * b + i] + grad[b + i] * col[2 * b + i]);
     } else {
       const T sij = to_acc(s[i * rs + j * cs]);
-      const T rij = rel ? rel[i * b + j] : T(0);
-      if (soft_negative(j, i, rij, rh)) v += grad[i] * exp((m + sij - T(to_acc(s[i * rs + i * cs]))) * inv_t - lse[i]);
-      if (soft_negative(i, j, rij, rh))
-        v += grad[b + j] * exp((m + sij - T(to_acc(s[j * rs + j * cs]))) * inv_t - lse[b + j]);
+      if (soft_negative(j, i, rel, e, rh)) v += grad[i] * triplet_sn_weight(sij, row[i], row[b + i], k);
+      if (soft_negative(i, j, rel, e, rh)) v += grad[b + j] * triplet_sn_weight(sij, col[j], col[b + j], k);
     }
     out[e] = from_acc<In>(v);
   }
@@ -240,7 +263,7 @@ unsigned flat_grid(int64_t work) {
 }  // namespace
 
 cudaError_t triplet_sn(Matrix scores, const void* relevance_acc, double margin, double temperature, double rho,
-                       void* loss, void* lse, cudaStream_t stream) {
+                       void* loss, void* stats, cudaStream_t stream) {
   const int64_t b = scores.rows;
   if (b == 0) return cudaSuccess;
   return dispatch(scores.dtype, [&](auto in) {
@@ -249,26 +272,28 @@ cudaError_t triplet_sn(Matrix scores, const void* relevance_acc, double margin, 
     const In* s = static_cast<const In*>(scores.data);
     const T* rel = static_cast<const T*>(relevance_acc);
     In* out = static_cast<In*>(loss);
-    T* l = static_cast<T*>(lse);
+    T* st = static_cast<T*>(stats);
     launch<triplet_sn_rows<In>>(row_grid(b), kThreads, stream, s, b, scores.row_stride, scores.col_stride, rel,
-                                                              margin, temperature, rho, out, l);
+                                temperature, rho, st);
     const unsigned col_blocks = static_cast<unsigned>((b + kColsPerBlock - 1) / kColsPerBlock);
-    launch<triplet_sn_cols<In>>(col_blocks, kThreads, stream, s, b, scores.row_stride, scores.col_stride, rel, margin,
-                                                             temperature, rho, out + b, l + b);
+    launch<triplet_sn_cols<In>>(col_blocks, kThreads, stream, s, b, scores.row_stride, scores.col_stride, rel,
+                                temperature, rho, st + 3 * b);
+    launch<triplet_sn_finish_kernel<In>>(flat_grid(2 * b), kThreads, stream, s, b, scores.row_stride,
+                                         scores.col_stride, margin, temperature, out, st);
   });
 }
 
-cudaError_t triplet_sn_backward(Matrix scores, const void* relevance_acc, const void* grad_acc, const void* lse_acc,
-                                double margin, double temperature, double rho, void* out, cudaStream_t stream) {
+cudaError_t triplet_sn_backward(Matrix scores, const void* relevance_acc, const void* grad_acc, const void* stats_acc,
+                                double temperature, double rho, void* out, cudaStream_t stream) {
   const int64_t b = scores.rows;
   if (b == 0) return cudaSuccess;
   return dispatch(scores.dtype, [&](auto in) {
     using In = decltype(in);
     using T = typename Traits<In>::Acc;
-    launch<triplet_sn_grad<In>>(flat_grid(b * b), kThreads, stream,
-        static_cast<const In*>(scores.data), b, scores.row_stride, scores.col_stride,
-        static_cast<const T*>(relevance_acc), static_cast<const T*>(grad_acc), static_cast<const T*>(lse_acc), margin,
-        temperature, rho, static_cast<In*>(out));
+    launch<triplet_sn_grad<In>>(flat_grid(b * b), kThreads, stream, static_cast<const In*>(scores.data), b,
+                                scores.row_stride, scores.col_stride, static_cast<const T*>(relevance_acc),
+                                static_cast<const T*>(grad_acc), static_cast<const T*>(stats_acc), temperature, rho,
+                                static_cast<In*>(out));
   });
 }
 

@@ -131,30 +131,30 @@ at::Tensor relevance_acc(const c10::optional<at::Tensor>& relevance, const at::T
 
 std::tuple<at::Tensor, at::Tensor> triplet_sn_cuda(const at::Tensor& scores, const c10::optional<at::Tensor>& relevance,
                                                    double margin, double temperature, double rho) {
-  check_triplet_sn_args(scores, relevance, temperature);
+  check_triplet_sn_args(scores, relevance, margin, temperature, rho);
   const DeviceGuard guard(scores.device());
   const int64_t B = scores.size(0);
   const at::Tensor R = relevance_acc(relevance, scores);
   at::Tensor loss = at::empty({2, B}, scores.options());
-  at::Tensor lse = at::empty({2, B}, scores.options().dtype(acc_type(scores)));
+  at::Tensor stats = at::empty({2, 3, B}, scores.options().dtype(acc_type(scores)));
   ITR_CUDA_CHECK(itr::cuda::triplet_sn(matrix_of(scores), R.defined() ? R.const_data_ptr() : nullptr, margin,
-                                       temperature, rho, loss.mutable_data_ptr(), lse.mutable_data_ptr(),
+                                       temperature, rho, loss.mutable_data_ptr(), stats.mutable_data_ptr(),
                                        current_stream()));
-  return {loss, lse};
+  return {loss, stats};
 }
 
 at::Tensor triplet_sn_backward_cuda(const at::Tensor& grad, const at::Tensor& scores,
-                                    const c10::optional<at::Tensor>& relevance, const at::Tensor& lse, double margin,
+                                    const c10::optional<at::Tensor>& relevance, const at::Tensor& stats, double margin,
                                     double temperature, double rho) {
-  check_triplet_sn_backward_args(grad, scores, relevance, lse, temperature);
+  check_triplet_sn_backward_args(grad, scores, relevance, stats, margin, temperature, rho);
   const int64_t B = scores.size(0);
   const DeviceGuard guard(scores.device());
   const at::Tensor R = relevance_acc(relevance, scores);
   const at::Tensor G = grad.to(acc_type(scores)).contiguous();
-  const at::Tensor L = lse.to(acc_type(scores)).contiguous();
+  const at::Tensor St = stats.to(acc_type(scores)).contiguous();
   at::Tensor out = at::empty({B, B}, scores.options());
   ITR_CUDA_CHECK(itr::cuda::triplet_sn_backward(matrix_of(scores), R.defined() ? R.const_data_ptr() : nullptr,
-                                                G.const_data_ptr(), L.const_data_ptr(), margin, temperature, rho,
+                                                G.const_data_ptr(), St.const_data_ptr(), temperature, rho,
                                                 out.mutable_data_ptr(), current_stream()));
   return out;
 }

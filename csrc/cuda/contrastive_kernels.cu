@@ -43,14 +43,6 @@ Scores<In> scores_of(const Matrix& m) {
 // ---- per-query reductions: what a query accumulates over its candidates, and its result ----
 
 template <typename T>
-__device__ __forceinline__ ShiftedSum<T> shfl_down(const ShiftedSum<T>& x, int o) {
-  ShiftedSum<T> y;
-  y.max = __shfl_down_sync(0xffffffffu, x.max, o);
-  y.sum = __shfl_down_sync(0xffffffffu, x.sum, o);
-  return y;
-}
-
-template <typename T>
 __device__ __forceinline__ Hardest<T> shfl_down(const Hardest<T>& x, int o) {
   Hardest<T> y;
   y.score = __shfl_down_sync(0xffffffffu, x.score, o);

@@ -12,6 +12,7 @@
 #include "cuda_emu/runtime.h"  // the device built-ins on the CPU (threadIdx, __syncthreads, ...)
 #endif
 #include "cuda/launchers.h"
+#include "itr_kernels/contrastive_math.h"
 #include "itr_kernels/ranking_math.h"
 
 namespace itr {
@@ -93,4 +94,15 @@ inline cudaError_t dispatch(Dtype dtype, F&& f) {
 }
 
 }  // namespace cuda
+
+// A ShiftedSum (contrastive_math.h) from the lane `o` above, for warp merges. In ShiftedSum's
+// namespace, so that argument-dependent lookup finds it next to a kernel file's own overloads.
+template <typename T>
+__device__ __forceinline__ ShiftedSum<T> shfl_down(const ShiftedSum<T>& x, int o) {
+  ShiftedSum<T> y;
+  y.max = __shfl_down_sync(0xffffffffu, x.max, o);
+  y.sum = __shfl_down_sync(0xffffffffu, x.sum, o);
+  return y;
+}
+
 }  // namespace itr

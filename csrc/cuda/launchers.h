@@ -33,12 +33,13 @@ cudaError_t smooth_ndcg(Matrix scores, const bool* valid, const void* relevance_
                         const int64_t* set_size, double tau, bool linear_gain, void* work, void* loss, void* idcg,
                         void* grad, cudaStream_t stream);
 
-// Triplet-SN on a square (B, B) matrix: loss (2, B) of the scores' dtype and lse (2, B) of the
-// accumulator type; relevance_acc may be null (every off-diagonal candidate is a negative).
+// Triplet-SN on a square (B, B) matrix: loss (2, B) of the scores' dtype and stats (2, 3, B) of the
+// accumulator type (shift, 1 / total, negatives' share); relevance_acc may be null (every
+// off-diagonal candidate is a negative, whatever rho).
 cudaError_t triplet_sn(Matrix scores, const void* relevance_acc, double margin, double temperature, double rho,
-                       void* loss, void* lse, cudaStream_t stream);
-cudaError_t triplet_sn_backward(Matrix scores, const void* relevance_acc, const void* grad_acc, const void* lse_acc,
-                                double margin, double temperature, double rho, void* out, cudaStream_t stream);
+                       void* loss, void* stats, cudaStream_t stream);
+cudaError_t triplet_sn_backward(Matrix scores, const void* relevance_acc, const void* grad_acc, const void* stats_acc,
+                                double temperature, double rho, void* out, cudaStream_t stream);
 
 // InfoNCE: square scores (positives null: both directions, the diagonal positive) or rows against
 // positives[q]; loss (D, Q) of the scores' dtype, stats (D, 3, Q) of the accumulator type (shift,
