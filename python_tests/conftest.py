@@ -2,10 +2,16 @@ import os
 import random
 import zlib
 
-import pytest
-import torch
+# torch.compile's caches in this checkout's build/, not the machine-wide /tmp/torchinductor_<user>:
+# their keys ignore a custom op's fake kernel, so a graph cached by an older build of the ops (another
+# output shape) would be reused after a rebuild. Set before torch is imported.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "build", "torchinductor-cache"))
 
-import cuda_emu
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import cuda_emu  # noqa: E402
 
 # Fresh inputs every run; a failing run is replayed with ITR_TEST_SEED=<the seed in the header>.
 SEED = int(os.environ.get("ITR_TEST_SEED", random.SystemRandom().randrange(2**31)))
