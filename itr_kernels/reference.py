@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of every public function and module, with the same signatures: the SPEC
+"""Plain-PyTorch reference of every public function and module, with the same signatures: docs/
 and the shared contract written as tensor code, materialising the (Q, N, N) pair tensors that the
 kernels avoid. Used by the tests (in float64, as the truth) and by bench/compare.py (eager and
 torch.compile).

@@ -1,4 +1,4 @@
-// CPU kernels of itr_kernels::triplet_sn and its backward (SPEC section 5, Triplet-SN). Both
+// CPU kernels of itr_kernels::triplet_sn and its backward (docs/bcls.md §1, Triplet-SN). Both
 // directions in one pass over S: rows give the image-to-text log-sum-exps, and column partials over
 // fixed blocks of rows, merged in block order, give the text-to-image ones (deterministic).
 #include <ATen/ATen.h>
