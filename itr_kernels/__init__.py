@@ -5,9 +5,9 @@ them). Every loss function and score-matrix module has a pure-PyTorch twin in `i
 from . import distributed, metrics, reference
 from ._ops import build_info
 from .bcls import kendall_loss, listnet_loss, ranknet_loss, smooth_ap_loss, triplet_sn_loss
-from .distributed import GlobalMean
+from .distributed import GlobalReduction
 from .embedding import EmbeddingLoss, GlobalBatchLoss
-from .losses import MeanDenominator, infonce_loss, smooth_ndcg_loss, smooth_rank, triplet_loss
+from .losses import Reducer, infonce_loss, smooth_ndcg_loss, smooth_rank, triplet_loss
 from .modules import (BCLSLoss, InfoNCELoss, KendallRankLoss, ListwiseITRLoss, SmoothNDCGLoss, TripletLoss,
                       TripletSNLoss)
 
@@ -32,8 +32,8 @@ __all__ = [
     "BCLSLoss",
     "EmbeddingLoss",
     "GlobalBatchLoss",
-    "GlobalMean",
-    "MeanDenominator",
+    "GlobalReduction",
+    "Reducer",
     "reference",
     "distributed",
     "metrics",

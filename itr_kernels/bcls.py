@@ -6,7 +6,7 @@ import torch
 
 from . import _validate as check
 from . import _ops
-from .losses import REDUCTIONS, MeanDenominator, reduce_rows, smooth_rank
+from .losses import REDUCTIONS, Reducer, reduce_rows, smooth_rank
 
 PHIS = ("hinge", "logistic", "tanh")
 SAMPLINGS = ("full", "swhs")
@@ -60,7 +60,7 @@ def _triplet_sn_args(scores, relevance, margin, temperature, rho, reduction, pos
 def triplet_sn_loss(scores: torch.Tensor, relevance: torch.Tensor | None = None, margin: float = 0.2,
                     temperature: float = 0.01, rho: float = 1.0, reduction: str = "mean",
                     positives: torch.Tensor | None = None, *,
-                    mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                    reducer: Reducer | None = None) -> torch.Tensor:
     """Triplet loss with soft negative mining (Triplet-SN, docs/bcls.md §1), both directions.
 
     Per query ``T * log(1 + sum_{j in Neg} exp((m + S[q,j] - S[q,p]) / T))`` with
@@ -79,7 +79,7 @@ def triplet_sn_loss(scores: torch.Tensor, relevance: torch.Tensor | None = None,
         reduction: ``"mean"`` (each direction's mean, then their average), ``"sum"`` or ``"none"``.
         positives: (Q,) integer column of each row's positive, for rectangular scores; then only
             the rows are queries (a masked log-sum-exp in O(Q·N) memory).
-        mean_denominator: what ``"mean"`` divides by, given the count (``MeanDenominator``).
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
 
     Shape:
         ``"none"``: (2, B) [image-to-text, text-to-image], or (Q,) with positives. Else a scalar.
@@ -101,15 +101,15 @@ def triplet_sn_loss(scores: torch.Tensor, relevance: torch.Tensor | None = None,
             negative &= relevance < rho
         x = torch.cat([x.new_zeros(x.shape[0], 1), x.masked_fill(~negative, -torch.inf)], dim=1)
         return reduce_rows(temperature * torch.logsumexp(x, dim=1), None, reduction,   # T log(1 + sum e^x)
-                           mean_denominator)
+                           reducer)
     loss, _ = _ops.ops.triplet_sn(scores, relevance, float(margin), float(temperature), float(rho))
-    return reduce_rows(loss, None, reduction, mean_denominator)
+    return reduce_rows(loss, None, reduction, reducer)
 
 
 def kendall_loss(scores: torch.Tensor, relevance: torch.Tensor, gap: float | None = None, phi: str = "hinge",
                  margin: float = 0.0, temperature: float = 0.01, sampling: str = "full", window: int = 8,
                  stride: int | None = None, valid: torch.Tensor | None = None, reduction: str = "mean", *,
-                 mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                 reducer: Reducer | None = None) -> torch.Tensor:
     """Kendall ranking loss (docs/bcls.md §2): ``phi(S[q,k] - S[q,j])`` over the pairs with
     ``R[q,j] - R[q,k] > gap``.
 
@@ -132,7 +132,7 @@ def kendall_loss(scores: torch.Tensor, relevance: torch.Tensor, gap: float | Non
         stride: the SW-HS stride (default ``window``).
         valid: optional (Q, N) bool mask of real candidates.
         reduction: ``"mean"`` (over the total number of terms), ``"sum"``, or ``"none"`` (per-row sums).
-        mean_denominator: what ``"mean"`` divides by, given the count (``MeanDenominator``).
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
 
     Shape:
         ``"none"``: (Q,); otherwise a scalar.
@@ -151,19 +151,19 @@ def kendall_loss(scores: torch.Tensor, relevance: torch.Tensor, gap: float | Non
         compute_grad = torch.is_grad_enabled() and scores.requires_grad
         sums, counts, _ = _ops.ops.kendall_full(scores, relevance, valid, gap, PHIS.index(phi), float(margin),
                                            float(temperature), compute_grad)
-        return reduce_rows(sums, counts, reduction, mean_denominator).to(scores.dtype)
+        return reduce_rows(sums, counts, reduction, reducer).to(scores.dtype)
     upper, lower, keep = _ops.ops.kendall_swhs(scores, relevance, valid, int(window), stride, gap)
     acc = _ops._acc_dtype(scores)
     # x is zeroed where a step is not kept before phi, not only the term after it: a dropped step may
     # read a NaN (or a masked column, for steps past a short row), and 0 * phi'(NaN) would be NaN.
     x = torch.where(keep, scores.gather(1, lower).to(acc) - scores.gather(1, upper).to(acc), 0)
     terms = torch.where(keep, phi_value(x, phi, margin, temperature), 0)
-    return reduce_rows(terms.sum(dim=1), keep.sum(dim=1), reduction, mean_denominator).to(scores.dtype)
+    return reduce_rows(terms.sum(dim=1), keep.sum(dim=1), reduction, reducer).to(scores.dtype)
 
 
 def ranknet_loss(scores: torch.Tensor, relevance: torch.Tensor, gap: float = 0.0, temperature: float = 1.0,
                  valid: torch.Tensor | None = None, reduction: str = "mean", *,
-                 mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                 reducer: Reducer | None = None) -> torch.Tensor:
     """RankNet (docs/bcls.md §4): the full Kendall form with the logistic surrogate
     ``T * softplus((S[q,k] - S[q,j]) / T)`` over the pairs with ``R[q,j] - R[q,k] > gap``.
 
@@ -174,7 +174,7 @@ def ranknet_loss(scores: torch.Tensor, relevance: torch.Tensor, gap: float = 0.0
         temperature: T > 0 (T = 1: RankNet's cross-entropy).
         valid: optional (Q, N) bool mask of real candidates.
         reduction: ``"mean"`` (over the pairs), ``"sum"``, or ``"none"`` (per-row sums).
-        mean_denominator: what ``"mean"`` divides by, given the count (``MeanDenominator``).
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
 
     Shape:
         ``"none"``: (Q,); otherwise a scalar.
@@ -187,12 +187,12 @@ def ranknet_loss(scores: torch.Tensor, relevance: torch.Tensor, gap: float = 0.0
         tensor(1.3133)
     """
     return kendall_loss(scores, relevance, gap, "logistic", 0.0, temperature, "full", valid=valid, reduction=reduction,
-                        mean_denominator=mean_denominator)
+                        reducer=reducer)
 
 
 def smooth_ap_loss(scores: torch.Tensor, positives: torch.Tensor, tau: float = 0.01,
                    valid: torch.Tensor | None = None, reduction: str = "mean", *,
-                   mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                   reducer: Reducer | None = None) -> torch.Tensor:
     """Smooth-AP (docs/smooth_rank_ndcg.md §3): per row ``1 - (1/|P_q|) sum_{i in P_q} Rhat_P(i) / Rhat(i)``,
     with Rhat the smooth rank among all valid candidates and Rhat_P among the positives.
 
@@ -204,7 +204,7 @@ def smooth_ap_loss(scores: torch.Tensor, positives: torch.Tensor, tau: float = 0
         valid: optional (Q, N) bool mask of real candidates.
         reduction: ``"mean"`` (over the rows with a valid positive; rows without have loss 0),
             ``"sum"``, or ``"none"``.
-        mean_denominator: what ``"mean"`` divides by, given the count (``MeanDenominator``).
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
 
     Shape:
         ``"none"``: (Q,); otherwise a scalar.
@@ -213,10 +213,11 @@ def smooth_ap_loss(scores: torch.Tensor, positives: torch.Tensor, tau: float = 0
         The loss, in the dtype of ``scores``.
 
     Example:
-        >>> smooth_ap_loss(torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[True, False, False]]), tau=1e-3)
-        tensor(0.)
+        >>> s, pos = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[True, False, False]])
+        >>> round(smooth_ap_loss(s, pos, tau=1e-3).item(), 4)   # the positive ranks first: AP = 1
+        0.0
     """
-    return _smooth_ap(smooth_rank, scores, positives, tau, valid, reduction, mean_denominator)
+    return _smooth_ap(smooth_rank, scores, positives, tau, valid, reduction, reducer)
 
 
 def _smooth_ap_args(scores, positives, tau, valid, reduction):
@@ -229,7 +230,7 @@ def _smooth_ap_args(scores, positives, tau, valid, reduction):
     check.choice(reduction, "reduction", REDUCTIONS)
 
 
-def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction, mean_denominator=None):
+def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction, reducer=None):
     _smooth_ap_args(scores, positives, tau, valid, reduction)
     pos = positives if valid is None else positives & valid
     rank_all = rank_fn(scores, tau, valid)
@@ -237,7 +238,7 @@ def _smooth_ap(rank_fn, scores, positives, tau, valid, reduction, mean_denominat
     n_pos = pos.sum(dim=1)
     ratio = torch.where(pos, rank_pos / torch.where(pos, rank_all, 1), 0).sum(dim=1)
     loss = torch.where(n_pos > 0, 1 - ratio / n_pos.clamp(min=1), 0)
-    return reduce_rows(loss, n_pos > 0, reduction, mean_denominator)
+    return reduce_rows(loss, n_pos > 0, reduction, reducer)
 
 
 def _listnet_args(scores, relevance, temperature, valid, reduction):
@@ -250,7 +251,7 @@ def _listnet_args(scores, relevance, temperature, valid, reduction):
 
 def listnet_loss(scores: torch.Tensor, relevance: torch.Tensor, temperature: float = 1.0,
                  valid: torch.Tensor | None = None, reduction: str = "mean", *,
-                 mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                 reducer: Reducer | None = None) -> torch.Tensor:
     """ListNet (docs/bcls.md §5): cross-entropy ``-sum_j p_j log q_j`` between the top-one
     distributions p = softmax(R) and q = softmax(S / T) over the valid candidates (a term with
     p_j = 0 is 0). O(Q·N), plain tensor code.
@@ -262,7 +263,7 @@ def listnet_loss(scores: torch.Tensor, relevance: torch.Tensor, temperature: flo
         valid: optional (Q, N) bool mask of real candidates.
         reduction: ``"mean"`` (over the rows with a valid candidate; a row without has loss 0),
             ``"sum"``, or ``"none"``.
-        mean_denominator: what ``"mean"`` divides by, given the count (``MeanDenominator``).
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
 
     Shape:
         ``"none"``: (Q,); otherwise a scalar.
@@ -288,5 +289,5 @@ def listnet_loss(scores: torch.Tensor, relevance: torch.Tensor, temperature: flo
     keep = p != 0 if valid is None else (p != 0) & valid   # masked (and p = 0) terms are 0, even at log q = -inf
     loss = -torch.where(keep, p * torch.where(keep, log_q, 0), 0).sum(dim=1)
     if counted is None:
-        return reduce_rows(loss, None, reduction, mean_denominator)
-    return reduce_rows(torch.where(counted.squeeze(1), loss, 0), counted.squeeze(1), reduction, mean_denominator)
+        return reduce_rows(loss, None, reduction, reducer)
+    return reduce_rows(torch.where(counted.squeeze(1), loss, 0), counted.squeeze(1), reduction, reducer)

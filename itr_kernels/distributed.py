@@ -4,10 +4,10 @@ docs/distributed.md.
 Each process embeds its local batch; `gather_with_grad` all-gathers the embeddings, so each
 process scores its local queries against the global candidate list (local rows x global columns,
 as open_clip's local loss does), and its backward hands every process the gradient of its own
-shard. `GlobalMean` is the ``mean_denominator`` that makes each process's ``"mean"`` divide by the
-global count over the world size, so that under DistributedDataParallel (which averages gradients
-over processes) the gradients are exactly the single-process gradients on the concatenated batch,
-without any manual scaling. `itr_kernels.EmbeddingLoss` (and `GlobalBatchLoss`, its form with
+shard. `GlobalReduction` is the ``reducer`` that makes each process's ``"mean"`` divide by the
+global count over the world size (and its ``"sum"`` count W times), so that under
+DistributedDataParallel (which averages gradients over processes) the gradients are exactly the
+single-process gradients on the concatenated batch, without any manual scaling. `itr_kernels.EmbeddingLoss` (and `GlobalBatchLoss`, its form with
 relevance rows) does all of it:
 
     loss_fn = ik.EmbeddingLoss(ik.ListwiseITRLoss())
@@ -21,11 +21,12 @@ and one of each loss's normaliser (a scalar). Nothing of size B^2 or B^3 is comm
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "world_and_rank", "gather_with_grad", "GlobalMean", "GlobalBatchLoss"]
+__all__ = ["is_distributed", "world_and_rank", "gather_with_grad", "GlobalReduction", "GlobalBatchLoss"]
 
 
 def is_distributed() -> bool:
-    """Whether a torch.distributed process group with more than one process is initialised.
+    """Whether a torch.distributed process group with more than one process is initialised
+    (docs/distributed.md).
 
     Returns:
         ``True`` under an initialised group of world size > 1, else ``False``.
@@ -38,7 +39,8 @@ def is_distributed() -> bool:
 
 
 def world_and_rank() -> tuple[int, int]:
-    """The world size and this process's rank, ``(1, 0)`` without a process group.
+    """The world size and this process's rank, ``(1, 0)`` without a process group
+    (docs/distributed.md).
 
     Returns:
         ``(world_size, rank)``.
@@ -100,49 +102,52 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(x)
 
 
-class GlobalMean:
-    """A ``mean_denominator`` (`itr_kernels.losses.MeanDenominator`) for losses on local rows
-    against a global batch (docs/distributed.md, "How "mean" is normalised").
+class GlobalReduction:
+    """The `itr_kernels.Reducer` of losses on local rows against a global batch
+    (docs/distributed.md, "How the reductions are normalised").
 
-    Called with a loss's local ``"mean"`` count, it all-reduces (sums) the count over the
-    processes, in float64 outside autograd, and returns ``max(1, global count) / world_size``
-    (``ddp_average=True``) or ``max(1, global count)`` (``ddp_average=False``). With
-    ``ddp_average=True`` each process's ``"mean"`` is its local estimate of the global mean (the
-    mean over processes of the values is the global-batch loss), and DistributedDataParallel's
-    gradient averaging yields exactly the single-process gradient; with ``False`` the processes'
-    values add up to the global-batch loss. Without a process group it returns ``max(1, count)``,
-    the default ``"mean"``. Each call is a collective: every process must make the same sequence
-    of loss calls.
+    ``"mean"``: it all-reduces (sums) the loss's local count over the processes, in float64
+    outside autograd, and returns ``max(1, global count) / world_size`` (``ddp_average=True``) or
+    ``max(1, global count)`` (``False``). ``"sum"``: ``1 / world_size`` or 1, with no
+    communication. With ``ddp_average=True`` each process's value is its local estimate of the
+    global loss (the mean over processes of the values is the global-batch loss), and
+    DistributedDataParallel's gradient averaging yields exactly the single-process gradient; with
+    ``False`` the processes' values add up to the global-batch loss. Without a process group it is
+    the default reduction. A ``"mean"`` is a collective: every process must make the same
+    sequence of loss calls.
 
     Args:
-        ddp_average: divide by the world size (for DistributedDataParallel's averaging).
+        ddp_average: scale for DistributedDataParallel's gradient averaging (divide by the world size).
 
     Shape:
-        ``count``: a scalar tensor. Output: a scalar float64 tensor.
+        ``count``: a scalar tensor; ``reduction``: ``"sum"`` or ``"mean"``. Output: a scalar
+        float64 tensor.
 
     Returns:
-        The denominator of this process's ``"mean"``.
+        What this process's sum of local rows is divided by.
 
     Example:
         >>> from itr_kernels import smooth_ndcg_loss
         >>> s, r = torch.randn(4, 6), torch.rand(4, 6)
-        >>> torch.allclose(smooth_ndcg_loss(s, r, mean_denominator=GlobalMean()), smooth_ndcg_loss(s, r))
+        >>> torch.allclose(smooth_ndcg_loss(s, r, reducer=GlobalReduction()), smooth_ndcg_loss(s, r))
         True
     """
 
     def __init__(self, ddp_average: bool = True) -> None:
         self.ddp_average = bool(ddp_average)
 
-    def __call__(self, count: torch.Tensor) -> torch.Tensor:
+    def __call__(self, count: torch.Tensor, reduction: str) -> torch.Tensor:
+        world = dist.get_world_size() if is_distributed() else 1
+        scale = world if self.ddp_average else 1
+        if reduction == "sum":
+            return torch.tensor(1 / scale, dtype=torch.float64, device=count.device)
         total = count.detach().to(torch.float64).clone()
-        if not is_distributed():
-            return total.clamp(min=1)
-        dist.all_reduce(total)
-        total = total.clamp(min=1)
-        return total / dist.get_world_size() if self.ddp_average else total
+        if world > 1:
+            dist.all_reduce(total)
+        return total.clamp(min=1) / scale
 
     def __repr__(self) -> str:
-        return f"GlobalMean(ddp_average={self.ddp_average})"
+        return f"GlobalReduction(ddp_average={self.ddp_average})"
 
 
 def __getattr__(name):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from . import _validate as check
-from .distributed import GlobalMean, gather_with_grad, world_and_rank
+from .distributed import GlobalReduction, gather_with_grad, world_and_rank
 from .modules import (BCLSLoss, InfoNCELoss, KendallRankLoss, ListwiseITRLoss, SmoothNDCGLoss, TripletLoss,
                       TripletSNLoss, check_logit_scale)
 
@@ -53,7 +53,8 @@ class EmbeddingLoss(nn.Module):
     initialised with several processes (and ``global_batch``), each process gathers every
     process's features (`itr_kernels.distributed.gather_with_grad`) and scores its local
     queries against the global batch, in both directions; every ``"mean"`` then divides by the
-    global count over the world size (`itr_kernels.distributed.GlobalMean`), so the returned value
+    global count over the world size, every ``"sum"`` is multiplied by the world size
+    (`itr_kernels.distributed.GlobalReduction`), so the returned value
     is this process's **local estimate of the global-batch loss** (their mean over processes is the
     single-process loss on the concatenated batch), and under DistributedDataParallel, which
     averages gradients, the gradients are exactly the single-process ones: no ``* world_size``.
@@ -61,7 +62,7 @@ class EmbeddingLoss(nn.Module):
     Args:
         loss: an in-batch module: `ListwiseITRLoss`, `BCLSLoss`, `TripletLoss`, `InfoNCELoss`,
             `TripletSNLoss`, or any module with their forward signature ``(scores, relevance_i2t,
-            relevance_t2i=None, positives=None, scores_t2i=None, *, mean_denominator=None)``.
+            relevance_t2i=None, positives=None, scores_t2i=None, *, reducer=None)``.
         normalize: L2-normalise both features (rows) before scoring.
         relevance: the default relevance source, a `RelevanceFn` called with the global batch's
             (detached) features when ``forward`` gets none.
@@ -135,14 +136,14 @@ class EmbeddingLoss(nn.Module):
         b = img.shape[0]
         positives = torch.arange(rank * b, (rank + 1) * b, device=img.device)
         scores_i2t, scores_t2i = img @ txt_all.T, txt @ img_all.T
-        mean = GlobalMean(self.ddp_average)
+        reducer = GlobalReduction(self.ddp_average)
         if isinstance(self.loss, TripletSNLoss):   # its rectangular form is one direction: run both
-            i2t = self.loss(scores_i2t, rel_i2t, positives, mean_denominator=mean)
-            t2i = self.loss(scores_t2i, rel_t2i, positives, mean_denominator=mean)
+            i2t = self.loss(scores_i2t, rel_i2t, positives, reducer=reducer)
+            t2i = self.loss(scores_t2i, rel_t2i, positives, reducer=reducer)
             reduction = self.loss.reduction
             return (i2t + t2i) / 2 if reduction == "mean" else i2t + t2i if reduction == "sum" else torch.stack([i2t, t2i])
         return self.loss(scores_i2t, rel_i2t, rel_t2i, positives=positives, scores_t2i=scores_t2i,
-                         mean_denominator=mean, **extra)
+                         reducer=reducer, **extra)
 
     def _relevance(self, relevance, img_all, txt_all, b, rank):
         """(image-to-text rows, text-to-image rows) of this process's queries against the global

@@ -11,24 +11,27 @@ from . import _ops
 GAINS = ("exp", "linear")
 REDUCTIONS = ("mean", "sum", "none")
 
-MeanDenominator = Callable[[torch.Tensor], torch.Tensor]
-"""What a ``"mean"`` divides the sum of its rows by, as a function of the loss's own count (a
-float64 scalar tensor outside autograd: rows, rows with gain, pairs, ...). ``None`` (the default
-of every loss) divides by ``max(1, count)``. `itr_kernels.distributed.GlobalMean` sums the count
-over processes (docs/distributed.md). The callable must return a positive scalar tensor."""
+Reducer = Callable[[torch.Tensor, str], torch.Tensor]
+"""An explicit reduction of a loss's rows, given as ``reducer=`` to every loss function and module
+forward (docs/distributed.md): called as ``reducer(count, reduction)`` with the loss's own
+``"mean"`` count (a float64 scalar tensor outside autograd: rows, rows with gain, pairs, ...) and
+``"sum"`` or ``"mean"``, it returns the positive scalar tensor that the sum of the local rows is
+divided by. ``None`` (the default): ``"sum"`` divides by 1, ``"mean"`` by ``max(1, count)``.
+`itr_kernels.distributed.GlobalReduction` is the one for a global batch across processes.
+``"none"`` never calls it."""
 
 
 def reduce_rows(per_row: torch.Tensor, counted: torch.Tensor | None, reduction: str,
-                mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                reducer: Reducer | None = None) -> torch.Tensor:
     """Apply `reduction` to per-row losses; `mean` averages over the `counted` rows (all if None),
-    0 when none is counted, or divides by ``mean_denominator(count)`` when given."""
+    0 when none is counted. With a `reducer`, the sum is divided by ``reducer(count, reduction)``."""
     if reduction == "none":
         return per_row
+    if reducer is not None:
+        count = per_row.new_tensor(per_row.numel(), dtype=torch.float64) if counted is None else counted.sum()
+        return per_row.sum() / reducer(count.detach().to(torch.float64), reduction).to(per_row.dtype)
     if reduction == "sum":
         return per_row.sum()
-    if mean_denominator is not None:
-        count = per_row.new_tensor(per_row.numel(), dtype=torch.float64) if counted is None else counted.sum()
-        return per_row.sum() / mean_denominator(count.detach().to(torch.float64)).to(per_row.dtype)
     if counted is None:   # an empty batch gives 0, not the NaN of an empty mean
         return per_row.mean() if per_row.numel() > 0 else per_row.sum()
     return per_row.sum() / counted.sum().clamp(min=1)
@@ -86,7 +89,7 @@ def smooth_rank(scores: torch.Tensor, tau: float = 0.01, valid: torch.Tensor | N
         The smooth ranks, in the dtype of ``scores``.
 
     Example:
-        >>> smooth_rank(torch.tensor([[3.0, 1.0, 2.0]]), tau=1e-3)
+        >>> smooth_rank(torch.tensor([[3.0, 1.0, 2.0]]), tau=1e-3).round()   # the hard ranks
         tensor([[1., 3., 2.]])
     """
     _smooth_rank_args(scores, tau, valid)
@@ -95,7 +98,7 @@ def smooth_rank(scores: torch.Tensor, tau: float = 0.01, valid: torch.Tensor | N
 
 def smooth_ndcg_loss(scores: torch.Tensor, relevance: torch.Tensor, tau: float = 0.01, k: int | None = None,
                      gain: str = "exp", valid: torch.Tensor | None = None, reduction: str = "mean", *,
-                     mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                     reducer: Reducer | None = None) -> torch.Tensor:
     r"""Smooth-NDCG loss ``1 - SNDCG`` per query row (docs/smooth_rank_ndcg.md §2).
 
     NDCG with the hard rank replaced by :func:`smooth_rank`; IDCG is computed exactly from a sort
@@ -109,8 +112,8 @@ def smooth_ndcg_loss(scores: torch.Tensor, relevance: torch.Tensor, tau: float =
         gain: ``"exp"`` (2^R - 1) or ``"linear"`` (R).
         valid: optional (Q, N) bool mask of real candidates.
         reduction: ``"mean"`` over the rows with IDCG > 0, ``"sum"``, or ``"none"`` (per row).
-        mean_denominator: what ``"mean"`` divides by, given the count (see ``MeanDenominator``;
-            itr_kernels.distributed.GlobalMean for a global batch). ``None``: the local count.
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``;
+            itr_kernels.GlobalReduction for a global batch). ``None``: over the local rows.
 
     Shape:
         ``scores``, ``relevance``, ``valid``: (Q, N). Output: (Q,) for ``"none"``, else a scalar.
@@ -126,12 +129,12 @@ def smooth_ndcg_loss(scores: torch.Tensor, relevance: torch.Tensor, tau: float =
     _smooth_ndcg_args(scores, relevance, tau, k, gain, valid, reduction)
     compute_grad = torch.is_grad_enabled() and scores.requires_grad
     loss, idcg, _ = _ops.ops.smooth_ndcg(scores, relevance, valid, float(tau), k or 0, gain == "linear", compute_grad)
-    return reduce_rows(loss, idcg > 0, reduction, mean_denominator)
+    return reduce_rows(loss, idcg > 0, reduction, reducer)
 
 
 def triplet_loss(scores: torch.Tensor, margin: float = 0.2, max_violation: bool = True, reduction: str = "mean",
                  positives: torch.Tensor | None = None, *,
-                 mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                 reducer: Reducer | None = None) -> torch.Tensor:
     r"""VSE++ hinge triplet loss, both directions (docs/contrastive.md §1).
 
     On a square in-batch matrix (positives on the diagonal) rows are image-to-text queries and
@@ -146,7 +149,7 @@ def triplet_loss(scores: torch.Tensor, margin: float = 0.2, max_violation: bool 
             ``"sum"``: every query of both (VSE++'s code); ``"none"``: per query.
         positives: (Q,) integer column of each row's positive, for rectangular scores (local
             rows against a global batch, docs/distributed.md); then only the rows are queries.
-        mean_denominator: what ``"mean"`` divides by, given the count (``MeanDenominator``).
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
 
     Shape:
         ``"none"``: (2, B) [image-to-text, text-to-image] for square scores, (Q,) with positives.
@@ -162,12 +165,12 @@ def triplet_loss(scores: torch.Tensor, margin: float = 0.2, max_violation: bool 
     """
     _triplet_args(scores, margin, reduction, positives)
     loss, _ = _ops.ops.vse_triplet(scores, positives, float(margin), bool(max_violation))
-    return reduce_rows(loss if positives is None else loss[0], None, reduction, mean_denominator)
+    return reduce_rows(loss if positives is None else loss[0], None, reduction, reducer)
 
 
 def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str = "mean",
                  positives: torch.Tensor | None = None, *,
-                 mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                 reducer: Reducer | None = None) -> torch.Tensor:
     r"""InfoNCE (CLIP's contrastive loss) on in-batch scores, both directions (docs/contrastive.md §2).
 
     For a query row :math:`q` with positive column :math:`p`:
@@ -183,7 +186,7 @@ def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str
             ``"sum"``: the sum over every query of both directions; ``"none"``: per query.
         positives: (Q,) integer column of each row's positive, for rectangular scores; then only
             the rows are queries.
-        mean_denominator: what ``"mean"`` divides by, given the count (``MeanDenominator``).
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
 
     Shape:
         ``"none"``: (2, B) [image-to-text, text-to-image] for square scores, (Q,) with positives.
@@ -200,4 +203,4 @@ def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str
     """
     _infonce_args(scores, temperature, reduction, positives)
     loss, _ = _ops.ops.infonce(scores, positives, float(temperature))
-    return reduce_rows(loss if positives is None else loss[0], None, reduction, mean_denominator)
+    return reduce_rows(loss if positives is None else loss[0], None, reduction, reducer)

@@ -3,7 +3,7 @@
 
 The two-direction in-batch modules (`ListwiseITRLoss`, `BCLSLoss`, `TripletLoss`, `InfoNCELoss`)
 share one forward signature: ``(scores, relevance_i2t=None, relevance_t2i=None, positives=None,
-scores_t2i=None, *, mean_denominator=None)``; `itr_kernels.EmbeddingLoss` calls them so."""
+scores_t2i=None, *, reducer=None)``; `itr_kernels.EmbeddingLoss` calls them so."""
 import math
 
 import torch
@@ -11,7 +11,7 @@ from torch import nn
 
 from . import _validate as check
 from . import bcls, losses
-from .losses import MeanDenominator
+from .losses import Reducer
 
 
 def smooth_ndcg_module_args(tau, k, gain, reduction):
@@ -86,7 +86,7 @@ class SmoothNDCGLoss(nn.Module):
         reduction: ``"mean"`` (over rows with IDCG > 0), ``"sum"`` or ``"none"``.
 
     Shape:
-        forward(scores (Q, N), relevance (Q, N), valid=None (Q, N) bool, *, mean_denominator=None).
+        forward(scores (Q, N), relevance (Q, N), valid=None (Q, N) bool, *, reducer=None).
 
     Returns:
         (Q,) for ``"none"``, else a scalar, in the dtype of ``scores``.
@@ -103,9 +103,9 @@ class SmoothNDCGLoss(nn.Module):
         self.tau, self.k, self.gain, self.reduction = tau, k, gain, reduction
 
     def forward(self, scores: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor | None = None, *,
-                mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                reducer: Reducer | None = None) -> torch.Tensor:
         return losses.smooth_ndcg_loss(scores, relevance, self.tau, self.k, self.gain, valid, self.reduction,
-                                       mean_denominator=mean_denominator)
+                                       reducer=reducer)
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, k={self.k}, gain={self.gain!r}, reduction={self.reduction!r}"
@@ -114,10 +114,10 @@ class SmoothNDCGLoss(nn.Module):
 class _BothDirections(nn.Module):
     """An in-batch loss over both directions with a pairwise part, on a square matrix or on
     rectangular rows of each direction against a global batch. Subclasses give `_pair_loss(scores,
-    relevance, positives=None, mean_denominator=None)` (one call covers both directions of a square
+    relevance, positives=None, reducer=None)` (one call covers both directions of a square
     matrix) and `_pair_reduction` ("mean": the two directions are averaged, "sum": added)."""
 
-    def _directions(self, scores, relevance_i2t, relevance_t2i, positives, scores_t2i, mean_denominator=None,
+    def _directions(self, scores, relevance_i2t, relevance_t2i, positives, scores_t2i, reducer=None,
                     **pair_args):
         """(text-to-image rows, their relevance, the pairwise part over both directions).
 
@@ -126,18 +126,18 @@ class _BothDirections(nn.Module):
         the square form combines them."""
         relevance_t2i = in_batch_args(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
         if positives is None:
-            return scores.T, relevance_t2i, self._pair_loss(scores, relevance_i2t, None, mean_denominator, **pair_args)
-        i2t = self._pair_loss(scores, relevance_i2t, positives, mean_denominator, **pair_args)
-        t2i = self._pair_loss(scores_t2i, relevance_t2i, positives, mean_denominator, **pair_args)
+            return scores.T, relevance_t2i, self._pair_loss(scores, relevance_i2t, None, reducer, **pair_args)
+        i2t = self._pair_loss(scores, relevance_i2t, positives, reducer, **pair_args)
+        t2i = self._pair_loss(scores_t2i, relevance_t2i, positives, reducer, **pair_args)
         return scores_t2i, relevance_t2i, (i2t + t2i) / 2 if self._pair_reduction == "mean" else i2t + t2i
 
 
 class _VSETripletPart(_BothDirections):
     """The VSE++ triplet as the pairwise part (needs margin, max_violation, triplet_reduction)."""
 
-    def _pair_loss(self, scores, relevance, positives=None, mean_denominator=None):
+    def _pair_loss(self, scores, relevance, positives=None, reducer=None):
         return losses.triplet_loss(scores, self.margin, self.max_violation, self.triplet_reduction, positives,
-                                   mean_denominator=mean_denominator)
+                                   reducer=reducer)
 
     @property
     def _pair_reduction(self):
@@ -145,12 +145,12 @@ class _VSETripletPart(_BothDirections):
 
 
 _IN_BATCH_SHAPE = """forward(scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None, *,
-        mean_denominator=None): a square (B, B) ``scores`` = img @ txt.T (positives on the
+        reducer=None): a square (B, B) ``scores`` = img @ txt.T (positives on the
         diagonal) with (B, B) relevance, ``relevance_t2i`` defaulting to ``relevance_i2t.T``; or,
         with ``positives`` (Q,) (the global column of each row's positive), rectangular (Q, N)
         image-to-text rows ``scores`` and text-to-image rows ``scores_t2i`` against a global batch,
-        with their (Q, N) relevance rows (docs/distributed.md). ``mean_denominator`` is passed to
-        every ``"mean"`` inside (``itr_kernels.losses.MeanDenominator``)."""
+        with their (Q, N) relevance rows (docs/distributed.md). ``reducer`` is passed to
+        every ``"sum"`` / ``"mean"`` inside (``itr_kernels.Reducer``)."""
 
 
 class ListwiseITRLoss(_VSETripletPart):
@@ -188,13 +188,13 @@ class ListwiseITRLoss(_VSETripletPart):
 
     def forward(self, scores: torch.Tensor, relevance_i2t: torch.Tensor, relevance_t2i: torch.Tensor | None = None,
                 positives: torch.Tensor | None = None, scores_t2i: torch.Tensor | None = None, *,
-                mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                reducer: Reducer | None = None) -> torch.Tensor:
         s_t2i, relevance_t2i, triplet = self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i,
-                                                         mean_denominator)
+                                                         reducer)
         i2t = losses.smooth_ndcg_loss(scores, relevance_i2t, self.tau, self.k, self.gain,
-                                      mean_denominator=mean_denominator)
+                                      reducer=reducer)
         t2i = losses.smooth_ndcg_loss(s_t2i, relevance_t2i, self.tau, self.k, self.gain,
-                                      mean_denominator=mean_denominator)
+                                      reducer=reducer)
         return (1 - self.weight) * triplet + self.weight * (i2t + t2i) / 2
 
     def extra_repr(self) -> str:
@@ -230,10 +230,10 @@ class TripletLoss(_VSETripletPart):
     def forward(self, scores: torch.Tensor, relevance_i2t: torch.Tensor | None = None,
                 relevance_t2i: torch.Tensor | None = None, positives: torch.Tensor | None = None,
                 scores_t2i: torch.Tensor | None = None, *,
-                mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                reducer: Reducer | None = None) -> torch.Tensor:
         if relevance_i2t is None:   # unused; _directions checks it is a tensor
             relevance_i2t = scores.detach()
-        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i, mean_denominator)[2]
+        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i, reducer)[2]
 
 
 class InfoNCELoss(_BothDirections):
@@ -277,7 +277,7 @@ class InfoNCELoss(_BothDirections):
 
     def forward(self, scores: torch.Tensor, relevance_i2t: torch.Tensor | None = None,
                 relevance_t2i: torch.Tensor | None = None, positives: torch.Tensor | None = None,
-                scores_t2i: torch.Tensor | None = None, *, mean_denominator: MeanDenominator | None = None,
+                scores_t2i: torch.Tensor | None = None, *, reducer: Reducer | None = None,
                 logit_scale: torch.Tensor | float | None = None) -> torch.Tensor:
         if relevance_i2t is None:   # unused; _directions checks it is a tensor
             relevance_i2t = scores.detach()
@@ -285,15 +285,15 @@ class InfoNCELoss(_BothDirections):
             check_logit_scale(logit_scale)
         elif self.learn_temperature:
             logit_scale = self.logit_scale_value()
-        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i, mean_denominator,
+        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i, reducer,
                                 logit_scale=logit_scale)[2]
 
-    def _pair_loss(self, scores, relevance, positives=None, mean_denominator=None, logit_scale=None):
+    def _pair_loss(self, scores, relevance, positives=None, reducer=None, logit_scale=None):
         scale = logit_scale
         if scale is not None:   # a tensor scale's gradient flows through the product
             scores = scores * (scale.to(scores.dtype) if isinstance(scale, torch.Tensor) else float(scale))
-            return losses.infonce_loss(scores, 1.0, "mean", positives, mean_denominator=mean_denominator)
-        return losses.infonce_loss(scores, self.temperature, "mean", positives, mean_denominator=mean_denominator)
+            return losses.infonce_loss(scores, 1.0, "mean", positives, reducer=reducer)
+        return losses.infonce_loss(scores, self.temperature, "mean", positives, reducer=reducer)
 
     _pair_reduction = "mean"
 
@@ -323,7 +323,7 @@ class TripletSNLoss(nn.Module):
 
     Shape:
         forward(scores (B, B) or (Q, N), relevance=None (same shape), positives=None (Q,), *,
-        mean_denominator=None).
+        reducer=None).
 
     Returns:
         (2, B) or (Q,) for ``"none"``, else a scalar, in the dtype of ``scores``.
@@ -341,9 +341,9 @@ class TripletSNLoss(nn.Module):
 
     def forward(self, scores: torch.Tensor, relevance: torch.Tensor | None = None,
                 positives: torch.Tensor | None = None, *,
-                mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                reducer: Reducer | None = None) -> torch.Tensor:
         return bcls.triplet_sn_loss(scores, relevance, self.margin, self.temperature, self.rho, self.reduction,
-                                    positives, mean_denominator=mean_denominator)
+                                    positives, reducer=reducer)
 
 
 class KendallRankLoss(nn.Module):
@@ -361,7 +361,7 @@ class KendallRankLoss(nn.Module):
         reduction: ``"mean"`` (over the terms), ``"sum"`` or ``"none"`` (per-row sums).
 
     Shape:
-        forward(scores (Q, N), relevance (Q, N), valid=None (Q, N) bool, *, mean_denominator=None).
+        forward(scores (Q, N), relevance (Q, N), valid=None (Q, N) bool, *, reducer=None).
 
     Returns:
         (Q,) for ``"none"``, else a scalar, in the dtype of ``scores``.
@@ -379,10 +379,10 @@ class KendallRankLoss(nn.Module):
         self.sampling, self.window, self.stride, self.reduction = sampling, window, stride, reduction
 
     def forward(self, scores: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor | None = None, *,
-                mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                reducer: Reducer | None = None) -> torch.Tensor:
         return bcls.kendall_loss(scores, relevance, self.gap, self.phi, self.margin, self.temperature,
                                  self.sampling, self.window, self.stride, valid, self.reduction,
-                                 mean_denominator=mean_denominator)
+                                 reducer=reducer)
 
 
 class BCLSLoss(_BothDirections):
@@ -422,15 +422,15 @@ class BCLSLoss(_BothDirections):
 
     def forward(self, scores: torch.Tensor, relevance_i2t: torch.Tensor, relevance_t2i: torch.Tensor | None = None,
                 positives: torch.Tensor | None = None, scores_t2i: torch.Tensor | None = None, *,
-                mean_denominator: MeanDenominator | None = None) -> torch.Tensor:
+                reducer: Reducer | None = None) -> torch.Tensor:
         s_t2i, relevance_t2i, triplet = self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i,
-                                                         mean_denominator)
-        kendall = (self.kendall(scores, relevance_i2t, mean_denominator=mean_denominator)
-                   + self.kendall(s_t2i, relevance_t2i, mean_denominator=mean_denominator)) / 2
+                                                         reducer)
+        kendall = (self.kendall(scores, relevance_i2t, reducer=reducer)
+                   + self.kendall(s_t2i, relevance_t2i, reducer=reducer)) / 2
         return triplet + self.mu * kendall
 
-    def _pair_loss(self, scores, relevance, positives=None, mean_denominator=None):
-        return self.triplet(scores, relevance, positives, mean_denominator=mean_denominator)
+    def _pair_loss(self, scores, relevance, positives=None, reducer=None):
+        return self.triplet(scores, relevance, positives, reducer=reducer)
 
     @property
     def _pair_reduction(self):
