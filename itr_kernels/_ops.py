@@ -1,6 +1,7 @@
 """Loads the compiled kernels and registers, for every op, its fake kernel (shapes for
 torch.compile) and its autograd formula. The schemas live in csrc/op_schemas.h."""
 import json
+from typing import Any
 
 import torch
 
@@ -24,9 +25,19 @@ if _COMPILED["torch_version"].split("+")[0] != torch.__version__.split("+")[0]:
 ops = torch.ops.itr_kernels
 
 
-def build_info():
-    """What itr_kernels._C was compiled with (CPU flags, CUDA archs, torch and CUDA versions) and
-    which backends have kernels at run time."""
+def build_info() -> dict[str, Any]:
+    """What itr_kernels._C was compiled with, and which backends have kernels at run time
+    (docs/README.md).
+
+    Returns:
+        A dict: the build's CPU flags, OpenMP, CUDA architectures, torch and CUDA versions,
+        ``"torch_runtime"`` (the torch imported now) and ``"backends"`` (``"CPU"``, and ``"CUDA"``
+        when the CUDA kernels were compiled in).
+
+    Example:
+        >>> "CPU" in build_info()["backends"]
+        True
+    """
     info = dict(_COMPILED)
     info["torch_runtime"] = torch.__version__
     info["backends"] = [
@@ -88,7 +99,7 @@ def register(namespace):
         # the sums in the accumulator dtype (they grow with N^2), as the kernels return them
         return scores.new_empty((q,), dtype=_acc_dtype(scores)), scores.new_empty((q,), dtype=torch.int64), grad
 
-    # contrastive ops (SPEC sections 4 and 5b): both directions of a square matrix, or rows with
+    # contrastive ops (docs/contrastive.md, docs/bcls.md §1): both directions of a square matrix, or rows with
     # the column of each one's positive
     @torch.library.register_fake(f"{namespace}::infonce")
     def _infonce_fake(scores, positives, temperature):

@@ -1,4 +1,8 @@
-"""The fused losses: thin, validated wrappers over the itr_kernels ops (SPEC sections 1, 2, 4)."""
+"""The fused losses: thin, validated wrappers over the itr_kernels ops. The math is in
+docs/smooth_rank_ndcg.md (smooth rank, Smooth-NDCG) and docs/contrastive.md (VSE++ triplet,
+InfoNCE); the shared conventions in docs/README.md."""
+from collections.abc import Callable
+
 import torch
 
 from . import _validate as check
@@ -7,28 +11,27 @@ from . import _ops
 GAINS = ("exp", "linear")
 REDUCTIONS = ("mean", "sum", "none")
 
-
-_denominator_hook = None
-
-
-def set_denominator_hook(hook):
-    """Install a function applied to every "mean"'s count (itr_kernels.distributed.global_mean sums
-    it over processes); returns the previous one."""
-    global _denominator_hook
-    previous, _denominator_hook = _denominator_hook, hook
-    return previous
+Reducer = Callable[[torch.Tensor, str], torch.Tensor]
+"""An explicit reduction of a loss's rows, given as ``reducer=`` to every loss function and module
+forward (docs/distributed.md): called as ``reducer(count, reduction)`` with the loss's own
+``"mean"`` count (a float64 scalar tensor outside autograd: rows, rows with gain, pairs, ...) and
+``"sum"`` or ``"mean"``, it returns the positive scalar tensor that the sum of the local rows is
+divided by. ``None`` (the default): ``"sum"`` divides by 1, ``"mean"`` by ``max(1, count)``.
+`itr_kernels.distributed.GlobalReduction` is the one for a global batch across processes.
+``"none"`` never calls it."""
 
 
-def reduce_rows(per_row, counted, reduction):
+def reduce_rows(per_row: torch.Tensor, counted: torch.Tensor | None, reduction: str,
+                reducer: Reducer | None = None) -> torch.Tensor:
     """Apply `reduction` to per-row losses; `mean` averages over the `counted` rows (all if None),
-    0 when none is counted."""
+    0 when none is counted. With a `reducer`, the sum is divided by ``reducer(count, reduction)``."""
     if reduction == "none":
         return per_row
+    if reducer is not None:
+        count = per_row.new_tensor(per_row.numel(), dtype=torch.float64) if counted is None else counted.sum()
+        return per_row.sum() / reducer(count.detach().to(torch.float64), reduction).to(per_row.dtype)
     if reduction == "sum":
         return per_row.sum()
-    if _denominator_hook is not None:
-        count = per_row.new_tensor(per_row.numel()) if counted is None else counted.sum()
-        return per_row.sum() / _denominator_hook(count).clamp(min=1).to(per_row.dtype)
     if counted is None:   # an empty batch gives 0, not the NaN of an empty mean
         return per_row.mean() if per_row.numel() > 0 else per_row.sum()
     return per_row.sum() / counted.sum().clamp(min=1)
@@ -68,47 +71,107 @@ def _infonce_args(scores, temperature, reduction, positives=None):
     check.choice(reduction, "reduction", REDUCTIONS)
 
 
-def smooth_rank(scores, tau=0.01, valid=None):
-    """Smooth (sigmoid-relaxed) rank of every candidate in its row:
-    ``1 + sum_{k != j, valid} sigmoid((S[q,k] - S[q,j]) / tau)``; 0 at masked entries.
-    O(Q*N) memory; differentiable."""
+def smooth_rank(scores: torch.Tensor, tau: float = 0.01, valid: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Smooth (sigmoid-relaxed) rank of every candidate in its row (docs/smooth_rank_ndcg.md §1).
+
+    :math:`\hat r[q, j] = 1 + \sum_{k \ne j, \text{valid}} \sigma((S[q, k] - S[q, j]) / \tau)`; 0 at
+    masked entries. O(Q·N) memory; differentiable (first order).
+
+    Args:
+        scores: (Q, N) float scores, one row per query.
+        tau: the sigmoid's temperature, a finite number > 0.
+        valid: optional (Q, N) bool mask; ``False`` marks a padding candidate.
+
+    Shape:
+        ``scores``, ``valid``: (Q, N). Output: (Q, N).
+
+    Returns:
+        The smooth ranks, in the dtype of ``scores``.
+
+    Example:
+        >>> smooth_rank(torch.tensor([[3.0, 1.0, 2.0]]), tau=1e-3).round()   # the hard ranks
+        tensor([[1., 3., 2.]])
+    """
     _smooth_rank_args(scores, tau, valid)
     return _ops.ops.smooth_rank(scores, valid, float(tau))
 
 
-def smooth_ndcg_loss(scores, relevance, tau=0.01, k=None, gain="exp", valid=None, reduction="mean"):
-    """Smooth-NDCG loss ``1 - SNDCG`` per query row (SPEC section 2).
+def smooth_ndcg_loss(scores: torch.Tensor, relevance: torch.Tensor, tau: float = 0.01, k: int | None = None,
+                     gain: str = "exp", valid: torch.Tensor | None = None, reduction: str = "mean", *,
+                     reducer: Reducer | None = None) -> torch.Tensor:
+    r"""Smooth-NDCG loss ``1 - SNDCG`` per query row (docs/smooth_rank_ndcg.md §2).
 
-    scores: (Q, N) float; relevance: (Q, N) in [0, 1]; gain "exp" (2^R - 1) or "linear" (R);
-    k: only the k most relevant candidates carry gain (IDCG@k); valid: optional bool mask of real
-    candidates; reduction: "mean" over rows with IDCG > 0, "sum", or "none" (per row).
+    NDCG with the hard rank replaced by :func:`smooth_rank`; IDCG is computed exactly from a sort
+    of each row's relevance.
+
+    Args:
+        scores: (Q, N) float scores, one row per query.
+        relevance: (Q, N) graded relevance, documented in [0, 1] (not checked).
+        tau: the smooth rank's temperature, > 0.
+        k: ``None`` (every valid candidate carries gain) or the size of the gain set (IDCG@k).
+        gain: ``"exp"`` (2^R - 1) or ``"linear"`` (R).
+        valid: optional (Q, N) bool mask of real candidates.
+        reduction: ``"mean"`` over the rows with IDCG > 0, ``"sum"``, or ``"none"`` (per row).
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``;
+            itr_kernels.GlobalReduction for a global batch). ``None``: over the local rows.
+
+    Shape:
+        ``scores``, ``relevance``, ``valid``: (Q, N). Output: (Q,) for ``"none"``, else a scalar.
+
+    Returns:
+        The loss, in the dtype of ``scores``.
+
+    Example:
+        >>> s, r = torch.randn(4, 6), torch.rand(4, 6)
+        >>> smooth_ndcg_loss(s, r, tau=0.05, k=3).shape
+        torch.Size([])
     """
     _smooth_ndcg_args(scores, relevance, tau, k, gain, valid, reduction)
     compute_grad = torch.is_grad_enabled() and scores.requires_grad
     loss, idcg, _ = _ops.ops.smooth_ndcg(scores, relevance, valid, float(tau), k or 0, gain == "linear", compute_grad)
-    return reduce_rows(loss, idcg > 0, reduction)
+    return reduce_rows(loss, idcg > 0, reduction, reducer)
 
 
-def triplet_loss(scores, margin=0.2, max_violation=True, reduction="mean", positives=None):
-    """VSE++ hinge triplet loss on a square in-batch matrix (positives on the diagonal), both
-    directions: rows are image-to-text queries, columns text-to-image.
+def triplet_loss(scores: torch.Tensor, margin: float = 0.2, max_violation: bool = True, reduction: str = "mean",
+                 positives: torch.Tensor | None = None, *,
+                 reducer: Reducer | None = None) -> torch.Tensor:
+    r"""VSE++ hinge triplet loss, both directions (docs/contrastive.md §1).
 
-    max_violation: hardest negative (VSE++) or the sum over negatives (VSE0). reduction "none" gives
-    a (2, B) tensor [image-to-text, text-to-image]; "mean" averages both directions (the seed's
-    code); "sum" adds every row of both (the VSE++ paper's code).
+    On a square in-batch matrix (positives on the diagonal) rows are image-to-text queries and
+    columns text-to-image queries; per query :math:`[m + S[q, n] - S[q, p]]_+` for the hardest
+    negative ``n`` (``max_violation``, VSE++), or summed over the negatives (VSE0).
 
-    positives: the column of each row's positive, for rectangular (Q, N) scores (local rows
-    against a global batch, see itr_kernels.distributed); then only the rows are queries and
-    "none" gives (Q,) losses.
+    Args:
+        scores: (B, B) in-batch scores, or (Q, N) rows against a global batch with ``positives``.
+        margin: the hinge's margin m (finite).
+        max_violation: hardest negative only (VSE++) or the sum over every negative.
+        reduction: ``"mean"``: the average of both directions' means (the Listwise ITR code);
+            ``"sum"``: every query of both (VSE++'s code); ``"none"``: per query.
+        positives: (Q,) integer column of each row's positive, for rectangular scores (local
+            rows against a global batch, docs/distributed.md); then only the rows are queries.
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
+
+    Shape:
+        ``"none"``: (2, B) [image-to-text, text-to-image] for square scores, (Q,) with positives.
+        Otherwise a scalar.
+
+    Returns:
+        The loss, in the dtype of ``scores``.
+
+    Example:
+        >>> img = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+        >>> triplet_loss(img @ img.T, margin=0.2, reduction="none").shape
+        torch.Size([2, 8])
     """
     _triplet_args(scores, margin, reduction, positives)
     loss, _ = _ops.ops.vse_triplet(scores, positives, float(margin), bool(max_violation))
-    return reduce_rows(loss if positives is None else loss[0], None, reduction)
+    return reduce_rows(loss if positives is None else loss[0], None, reduction, reducer)
 
 
 def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str = "mean",
-                 positives: torch.Tensor | None = None) -> torch.Tensor:
-    r"""InfoNCE (CLIP's contrastive loss) on in-batch scores, both directions.
+                 positives: torch.Tensor | None = None, *,
+                 reducer: Reducer | None = None) -> torch.Tensor:
+    r"""InfoNCE (CLIP's contrastive loss) on in-batch scores, both directions (docs/contrastive.md §2).
 
     For a query row :math:`q` with positive column :math:`p`:
     :math:`L[q] = \log \sum_j \exp(S[q, j] / T) - S[q, p] / T` (every candidate in the sum, the
@@ -123,6 +186,7 @@ def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str
             ``"sum"``: the sum over every query of both directions; ``"none"``: per query.
         positives: (Q,) integer column of each row's positive, for rectangular scores; then only
             the rows are queries.
+        reducer: the explicit reduction of ``"sum"`` / ``"mean"`` (``itr_kernels.Reducer``).
 
     Shape:
         ``"none"``: (2, B) [image-to-text, text-to-image] for square scores, (Q,) with positives.
@@ -134,7 +198,9 @@ def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, reduction: str
     Example:
         >>> s = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
         >>> loss = infonce_loss(s @ s.T, temperature=0.05)
+        >>> torch.allclose(loss, torch.nn.functional.cross_entropy(s @ s.T / 0.05, torch.arange(8)))
+        True
     """
     _infonce_args(scores, temperature, reduction, positives)
     loss, _ = _ops.ops.infonce(scores, positives, float(temperature))
-    return reduce_rows(loss if positives is None else loss[0], None, reduction)
+    return reduce_rows(loss if positives is None else loss[0], None, reduction, reducer)

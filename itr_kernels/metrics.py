@@ -1,4 +1,4 @@
-"""Retrieval metrics (SPEC section 8), vectorised and chunked over queries, so that a 5K x 25K
+"""Retrieval metrics (docs/metrics.md), vectorised and chunked over queries, so that a 5K x 25K
 evaluation never holds more than one chunk of rank or pair tensors; every function runs on the
 device of its inputs.
 
@@ -6,10 +6,13 @@ Conventions: `scores` is the (n_images, n_captions) image-to-text similarity; ca
 to image `caption_owner[j]` (for the standard format, `j // m`). Text-to-image uses `scores.T`.
 """
 import math
+from collections.abc import Sequence
 
 import torch
 
 from . import _validate as check
+
+__all__ = ["recall_at_k", "ndcg_at_k", "map_at_r", "kendall_tau", "evaluate"]
 
 
 def _chunks(n, per_row_cost, budget=1 << 25):
@@ -57,12 +60,26 @@ def _first_hit_ranks(scores, positive_of_row):
     return torch.cat(ranks)
 
 
-def recall_at_k(scores, caption_owner, ks=(1, 5, 10), scores_t2i=None):
-    """Recall@K in both directions, in percent, and rsum.
+def recall_at_k(scores: torch.Tensor, caption_owner: torch.Tensor, ks: Sequence[int] = (1, 5, 10),
+                scores_t2i: torch.Tensor | None = None) -> dict[str, float]:
+    """Recall@K in both directions, in percent, and rsum (docs/metrics.md).
 
     Image-to-text counts, per image, the best rank among its captions; text-to-image, per caption,
-    the rank of its image, in `scores_t2i` (n_captions, n_images) when given, else in scores.T.
-    Returns {"i2t_r1", ..., "t2i_r1", ..., "rsum"}."""
+    the rank of its image. Ties count in the query's favour (VSE++'s evaluation).
+
+    Args:
+        scores: (n_images, n_captions) image-to-text similarities.
+        caption_owner: (n_captions,) integer: the image of each caption.
+        ks: the cut-offs K.
+        scores_t2i: optional (n_captions, n_images) text-to-image rows (default ``scores.T``).
+
+    Returns:
+        ``{"i2t_r1", ..., "t2i_r1", ..., "rsum"}``, floats in percent (rsum: their sum).
+
+    Example:
+        >>> recall_at_k(torch.eye(3), torch.arange(3))["rsum"]
+        600.0
+    """
     _check_scores(scores)
     _check_owner(scores, caption_owner)
     st = _t2i(scores, scores_t2i)
@@ -78,13 +95,27 @@ def recall_at_k(scores, caption_owner, ks=(1, 5, 10), scores_t2i=None):
     return out
 
 
-def ndcg_at_k(scores, relevance, k=10, gain="exp"):
-    """Mean NDCG@k over queries with graded relevance (rows of `scores` are queries).
+def ndcg_at_k(scores: torch.Tensor, relevance: torch.Tensor, k: int = 10, gain: str = "exp") -> float:
+    """Mean NDCG@k over queries with graded relevance (rows of `scores` are queries; docs/metrics.md).
 
-    Gains `2^R - 1` ("exp", as sklearn's ndcg_score with exponential gains) or `R` ("linear",
-    sklearn's default); discount `1/log2(rank + 1)`. Ties in `scores` are broken by the lower
-    column index (sklearn averages over tied orders; the two agree on tie-free scores). A query
-    whose ideal DCG is 0 scores 0."""
+    Discount ``1/log2(rank + 1)``. Ties in ``scores`` are broken by the lower column index
+    (sklearn averages over tied orders; the two agree on tie-free scores). A query whose ideal DCG
+    is 0 scores 0.
+
+    Args:
+        scores: (Q, N) scores.
+        relevance: (Q, N) graded relevance.
+        k: the cut-off, an integer >= 1.
+        gain: ``"exp"`` (2^R - 1, as sklearn's ndcg_score with exponential gains) or ``"linear"``
+            (R, sklearn's default).
+
+    Returns:
+        The mean NDCG@k in [0, 1], a float.
+
+    Example:
+        >>> ndcg_at_k(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[1.0, 0.5, 0.0]]), k=3)
+        1.0
+    """
     _check_scores(scores)
     check.like_scores(relevance, scores, "relevance")
     check.choice(gain, "gain", ("exp", "linear"))
@@ -104,12 +135,24 @@ def ndcg_at_k(scores, relevance, k=10, gain="exp"):
     return torch.cat(total).mean().item()
 
 
-def map_at_r(scores, positives):
-    """mAP@R and R-Precision (ECCV Caption style) against a boolean positive set per query.
+def map_at_r(scores: torch.Tensor, positives: torch.Tensor) -> tuple[float, float]:
+    """mAP@R and R-Precision (ECCV Caption style) against a boolean positive set per query
+    (docs/metrics.md).
 
     With R the query's number of positives: R-P = |positives in the top R| / R and
     mAP@R = (1/R) * sum_{i <= R} P@i * [item i is positive]. Queries without positives are left out.
-    Returns (map_at_r, r_precision), both in percent."""
+
+    Args:
+        scores: (Q, N) scores.
+        positives: (Q, N) bool: the positives of each query (at least one query must have one).
+
+    Returns:
+        ``(map_at_r, r_precision)``, both in percent.
+
+    Example:
+        >>> map_at_r(torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[True, False, True]]))
+        (50.0, 50.0)
+    """
     _check_scores(scores)
     check.like_scores(positives, scores, "positives")
     if positives.dtype != torch.bool:
@@ -133,11 +176,25 @@ def map_at_r(scores, positives):
     return 100.0 * torch.cat(maps).mean().item(), 100.0 * torch.cat(rps).mean().item()
 
 
-def kendall_tau(scores, relevance):
-    """Mean Kendall tau-b over queries between the model's scores and the relevance (per row),
-    exact: tau_b = sum sign(dx) sign(dy) / sqrt(sum |sign dx| * sum |sign dy|) over pairs, which
-    is scipy.stats.kendalltau's default variant. O(Q * N^2) work in chunks of rows; rows with a
-    constant score or relevance (tau undefined) are left out."""
+def kendall_tau(scores: torch.Tensor, relevance: torch.Tensor) -> float:
+    """Mean Kendall tau-b over queries between the model's scores and the relevance (per row;
+    docs/metrics.md).
+
+    Exact: tau_b = sum sign(dx) sign(dy) / sqrt(sum |sign dx| * sum |sign dy|) over pairs, which
+    is scipy.stats.kendalltau's default variant. O(Q * N^2) work in chunks of rows.
+
+    Args:
+        scores: (Q, N) scores.
+        relevance: (Q, N) relevance.
+
+    Returns:
+        The mean tau-b over the rows where it is defined (rows with a constant score or relevance
+        are left out); NaN when no row has it.
+
+    Example:
+        >>> kendall_tau(torch.tensor([[3.0, 2.0, 1.0]]), torch.tensor([[1.0, 0.5, 0.0]]))
+        1.0
+    """
     _check_scores(scores)
     check.like_scores(relevance, scores, "relevance")
     n = scores.shape[1]
@@ -155,11 +212,30 @@ def kendall_tau(scores, relevance):
     return t.mean().item() if t.numel() else math.nan
 
 
-def evaluate(scores, caption_owner, relevance_i2t=None, k=10, scores_t2i=None, rank_metrics=True):
-    """Metrics of an (n_images, n_captions) score matrix, each both ways ("i2t_", "t2i_"): R@1/5/10
-    and rsum; with graded relevance NDCG@k (and its mean over the directions, "ndcg@k"). With
-    `rank_metrics` also mAP@R, R-Precision and, with relevance, Kendall tau (O(Q * N^2): the
-    slow part). The text-to-image rows are `scores_t2i` when given, else scores.T."""
+def evaluate(scores: torch.Tensor, caption_owner: torch.Tensor, relevance_i2t: torch.Tensor | None = None,
+             k: int = 10, scores_t2i: torch.Tensor | None = None, rank_metrics: bool = True) -> dict[str, float]:
+    """Every metric of an (n_images, n_captions) score matrix, each both ways (docs/metrics.md).
+
+    Args:
+        scores: (n_images, n_captions) image-to-text similarities.
+        caption_owner: (n_captions,) integer: the image of each caption.
+        relevance_i2t: optional (n_images, n_captions) graded relevance, for NDCG@k and Kendall tau.
+        k: the NDCG cut-off.
+        scores_t2i: optional (n_captions, n_images) text-to-image rows (default ``scores.T``).
+        rank_metrics: also mAP@R, R-Precision and, with relevance, Kendall tau (O(Q * N^2): the
+            slow part).
+
+    Returns:
+        ``{"i2t_r1", ..., "rsum"}`` (`recall_at_k`); with relevance ``"i2t_ndcg@k"``,
+        ``"t2i_ndcg@k"`` and their mean ``"ndcg@k"``; with ``rank_metrics`` ``"i2t_map_r"``,
+        ``"i2t_r_precision"`` (and t2i), and with relevance ``"i2t_kendall_tau"``,
+        ``"t2i_kendall_tau"``, ``"kendall_tau"``.
+
+    Example:
+        >>> out = evaluate(torch.eye(3), torch.arange(3), torch.eye(3), k=2)
+        >>> out["rsum"], out["ndcg@2"], out["i2t_map_r"]
+        (600.0, 1.0, 100.0)
+    """
     out = recall_at_k(scores, caption_owner, scores_t2i=scores_t2i)
     st = _t2i(scores, scores_t2i)
     if rank_metrics:

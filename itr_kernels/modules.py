@@ -1,5 +1,9 @@
-"""nn.Module forms of the losses. The argument checks (constructors, in-batch forward) are
-functions here, shared with itr_kernels.reference's own modules."""
+"""nn.Module forms of the losses (docs/README.md lists each one's page). The argument checks
+(constructors, in-batch forward) are functions here, shared with itr_kernels.reference's own modules.
+
+The two-direction in-batch modules (`ListwiseITRLoss`, `BCLSLoss`, `TripletLoss`, `InfoNCELoss`)
+share one forward signature: ``(scores, relevance_i2t=None, relevance_t2i=None, positives=None,
+scores_t2i=None, *, reducer=None)``; `itr_kernels.EmbeddingLoss` calls them so."""
 import math
 
 import torch
@@ -7,6 +11,7 @@ from torch import nn
 
 from . import _validate as check
 from . import bcls, losses
+from .losses import Reducer
 
 
 def smooth_ndcg_module_args(tau, k, gain, reduction):
@@ -71,27 +76,49 @@ def in_batch_args(scores, relevance_i2t, relevance_t2i, positives, scores_t2i):
 
 
 class SmoothNDCGLoss(nn.Module):
-    """Smooth-NDCG loss on (Q, N) scores against (Q, N) relevance; see `smooth_ndcg_loss`."""
+    """Smooth-NDCG loss on (Q, N) scores against (Q, N) relevance (docs/smooth_rank_ndcg.md §2);
+    the module form of `smooth_ndcg_loss`.
 
-    def __init__(self, tau=0.01, k=None, gain="exp", reduction="mean"):
+    Args:
+        tau: the smooth rank's temperature, > 0.
+        k: ``None`` or the size of the gain set (IDCG@k).
+        gain: ``"exp"`` (2^R - 1) or ``"linear"`` (R).
+        reduction: ``"mean"`` (over rows with IDCG > 0), ``"sum"`` or ``"none"``.
+
+    Shape:
+        forward(scores (Q, N), relevance (Q, N), valid=None (Q, N) bool, *, reducer=None).
+
+    Returns:
+        (Q,) for ``"none"``, else a scalar, in the dtype of ``scores``.
+
+    Example:
+        >>> loss_fn = SmoothNDCGLoss(tau=0.05)
+        >>> loss_fn(torch.randn(4, 6), torch.rand(4, 6)).shape
+        torch.Size([])
+    """
+
+    def __init__(self, tau: float = 0.01, k: int | None = None, gain: str = "exp", reduction: str = "mean") -> None:
         super().__init__()
         smooth_ndcg_module_args(tau, k, gain, reduction)
         self.tau, self.k, self.gain, self.reduction = tau, k, gain, reduction
 
-    def forward(self, scores, relevance, valid=None):
-        return losses.smooth_ndcg_loss(scores, relevance, self.tau, self.k, self.gain, valid, self.reduction)
+    def forward(self, scores: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor | None = None, *,
+                reducer: Reducer | None = None) -> torch.Tensor:
+        return losses.smooth_ndcg_loss(scores, relevance, self.tau, self.k, self.gain, valid, self.reduction,
+                                       reducer=reducer)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"tau={self.tau}, k={self.k}, gain={self.gain!r}, reduction={self.reduction!r}"
 
 
 class _BothDirections(nn.Module):
     """An in-batch loss over both directions with a pairwise part, on a square matrix or on
     rectangular rows of each direction against a global batch. Subclasses give `_pair_loss(scores,
-    relevance, positives=None)` (one call covers both directions of a square matrix) and
-    `_pair_reduction` ("mean": the two directions are averaged, "sum": added)."""
+    relevance, positives=None, reducer=None)` (one call covers both directions of a square
+    matrix) and `_pair_reduction` ("mean": the two directions are averaged, "sum": added)."""
 
-    def _directions(self, scores, relevance_i2t, relevance_t2i, positives, scores_t2i):
+    def _directions(self, scores, relevance_i2t, relevance_t2i, positives, scores_t2i, reducer=None,
+                    **pair_args):
         """(text-to-image rows, their relevance, the pairwise part over both directions).
 
         Square: the rows of scores.T and relevance_i2t.T by default. Rectangular (`positives`
@@ -99,71 +126,119 @@ class _BothDirections(nn.Module):
         the square form combines them."""
         relevance_t2i = in_batch_args(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
         if positives is None:
-            return scores.T, relevance_t2i, self._pair_loss(scores, relevance_i2t)
-        i2t = self._pair_loss(scores, relevance_i2t, positives)
-        t2i = self._pair_loss(scores_t2i, relevance_t2i, positives)
+            return scores.T, relevance_t2i, self._pair_loss(scores, relevance_i2t, None, reducer, **pair_args)
+        i2t = self._pair_loss(scores, relevance_i2t, positives, reducer, **pair_args)
+        t2i = self._pair_loss(scores_t2i, relevance_t2i, positives, reducer, **pair_args)
         return scores_t2i, relevance_t2i, (i2t + t2i) / 2 if self._pair_reduction == "mean" else i2t + t2i
 
 
 class _VSETripletPart(_BothDirections):
     """The VSE++ triplet as the pairwise part (needs margin, max_violation, triplet_reduction)."""
 
-    def _pair_loss(self, scores, relevance, positives=None):
-        return losses.triplet_loss(scores, self.margin, self.max_violation, self.triplet_reduction, positives)
+    def _pair_loss(self, scores, relevance, positives=None, reducer=None):
+        return losses.triplet_loss(scores, self.margin, self.max_violation, self.triplet_reduction, positives,
+                                   reducer=reducer)
 
     @property
     def _pair_reduction(self):
         return self.triplet_reduction
 
 
+_IN_BATCH_SHAPE = """forward(scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None, *,
+        reducer=None): a square (B, B) ``scores`` = img @ txt.T (positives on the
+        diagonal) with (B, B) relevance, ``relevance_t2i`` defaulting to ``relevance_i2t.T``; or,
+        with ``positives`` (Q,) (the global column of each row's positive), rectangular (Q, N)
+        image-to-text rows ``scores`` and text-to-image rows ``scores_t2i`` against a global batch,
+        with their (Q, N) relevance rows (docs/distributed.md). ``reducer`` is passed to
+        every ``"sum"`` / ``"mean"`` inside (``itr_kernels.Reducer``)."""
+
+
 class ListwiseITRLoss(_VSETripletPart):
-    """Listwise ITR loss (SPEC section 4) on a square in-batch score matrix S = img @ txt.T:
+    """Listwise ITR loss (Li et al., arXiv:2305.16566; docs/smooth_rank_ndcg.md §4) on in-batch scores:
 
         (1 - weight) * triplet(S) + weight * (SNDCG(S, R_i2t) + SNDCG(S.T, R_t2i)) / 2
 
-    `relevance_t2i` defaults to `relevance_i2t.T`. `triplet_reduction` "mean" averages the two
-    triplet directions (the seed's code), "sum" adds every row (VSE++)."""
+    Args:
+        margin: the VSE++ triplet's margin.
+        tau: the smooth rank's temperature, > 0.
+        weight: the listwise weight in [0, 1].
+        k: ``None`` or the S-NDCG gain set size.
+        gain: ``"exp"`` or ``"linear"``.
+        max_violation: hardest negative (VSE++) or sum over negatives in the triplet part.
+        triplet_reduction: ``"mean"`` averages the two triplet directions (the seed's code),
+            ``"sum"`` adds every row (VSE++).
 
-    def __init__(self, margin=0.2, tau=0.01, weight=0.5, k=None, gain="exp", max_violation=True,
-                 triplet_reduction="mean"):
+    Shape:
+        {shape}
+
+    Returns:
+        A scalar, in the dtype of ``scores``.
+
+    Example:
+        >>> img = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+        >>> loss = ListwiseITRLoss(tau=0.05)(img @ img.T, torch.eye(8))
+    """
+
+    def __init__(self, margin: float = 0.2, tau: float = 0.01, weight: float = 0.5, k: int | None = None,
+                 gain: str = "exp", max_violation: bool = True, triplet_reduction: str = "mean") -> None:
         super().__init__()
         listwise_module_args(margin, tau, weight, k, gain, triplet_reduction)
         self.margin, self.tau, self.weight, self.k, self.gain = margin, tau, weight, k, gain
         self.max_violation, self.triplet_reduction = max_violation, triplet_reduction
 
-    def forward(self, scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None):
-        """Square in-batch `scores` (positives on the diagonal), or, with `positives` (the column of
-        each row's positive), rectangular image-to-text rows `scores` and text-to-image rows
-        `scores_t2i` against a global batch (itr_kernels.distributed)."""
-        s_t2i, relevance_t2i, triplet = self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
-        i2t = losses.smooth_ndcg_loss(scores, relevance_i2t, self.tau, self.k, self.gain)
-        t2i = losses.smooth_ndcg_loss(s_t2i, relevance_t2i, self.tau, self.k, self.gain)
+    def forward(self, scores: torch.Tensor, relevance_i2t: torch.Tensor, relevance_t2i: torch.Tensor | None = None,
+                positives: torch.Tensor | None = None, scores_t2i: torch.Tensor | None = None, *,
+                reducer: Reducer | None = None) -> torch.Tensor:
+        s_t2i, relevance_t2i, triplet = self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i,
+                                                         reducer)
+        i2t = losses.smooth_ndcg_loss(scores, relevance_i2t, self.tau, self.k, self.gain,
+                                      reducer=reducer)
+        t2i = losses.smooth_ndcg_loss(s_t2i, relevance_t2i, self.tau, self.k, self.gain,
+                                      reducer=reducer)
         return (1 - self.weight) * triplet + self.weight * (i2t + t2i) / 2
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return (f"margin={self.margin}, tau={self.tau}, weight={self.weight}, k={self.k}, gain={self.gain!r}, "
                 f"max_violation={self.max_violation}, triplet_reduction={self.triplet_reduction!r}")
 
 
 class TripletLoss(_VSETripletPart):
-    """VSE++ triplet loss (`triplet_loss`) as a module with the in-batch signature of the others:
-    forward(scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None);
-    relevance is not used."""
+    """VSE++ triplet loss (docs/contrastive.md §1; `triplet_loss`) as a module with the in-batch
+    signature of the others; relevance is accepted and not used.
 
-    def __init__(self, margin=0.2, max_violation=True, reduction="mean"):
+    Args:
+        margin: the hinge's margin.
+        max_violation: hardest negative (VSE++) or the sum over negatives (VSE0).
+        reduction: ``"mean"`` (the two directions' means averaged) or ``"sum"`` (every query).
+
+    Shape:
+        {shape}
+
+    Returns:
+        A scalar, in the dtype of ``scores``.
+
+    Example:
+        >>> img = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+        >>> loss = TripletLoss(margin=0.2)(img @ img.T)
+    """
+
+    def __init__(self, margin: float = 0.2, max_violation: bool = True, reduction: str = "mean") -> None:
         super().__init__()
         triplet_module_args(margin, reduction)
         self.margin, self.max_violation, self.triplet_reduction = margin, max_violation, reduction
 
-    def forward(self, scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None):
+    def forward(self, scores: torch.Tensor, relevance_i2t: torch.Tensor | None = None,
+                relevance_t2i: torch.Tensor | None = None, positives: torch.Tensor | None = None,
+                scores_t2i: torch.Tensor | None = None, *,
+                reducer: Reducer | None = None) -> torch.Tensor:
         if relevance_i2t is None:   # unused; _directions checks it is a tensor
             relevance_i2t = scores.detach()
-        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)[2]
+        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i, reducer)[2]
 
 
 class InfoNCELoss(_BothDirections):
-    r"""InfoNCE (CLIP's contrastive loss, `infonce_loss`) as a module with the in-batch signature of
-    the others.
+    r"""InfoNCE (CLIP's contrastive loss; docs/contrastive.md §2; `infonce_loss`) as a module with
+    the in-batch signature of the others; relevance is accepted and not used.
 
     Args:
         temperature: T > 0, or the initial T when learned.
@@ -172,11 +247,12 @@ class InfoNCELoss(_BothDirections):
             there, as CLIP's in-place clamp stops the parameter).
 
     Shape:
-        forward(scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None):
-        square (B, B) ``scores``, or rectangular image-to-text rows ``scores`` and text-to-image
-        rows ``scores_t2i`` (Q, N) with ``positives`` (Q,) against a global batch
-        (itr_kernels.distributed). Relevance is not used. Returns a scalar: the average of the
-        two directions' means.
+        {shape} ``logit_scale=`` (forward, keyword): a scale 1 / T to use instead of the module's
+        own (a float, or a scalar tensor such as open_clip's ``model.logit_scale.exp()``, which
+        then receives the gradient).
+
+    Returns:
+        A scalar: the average of the two directions' means.
 
     Example:
         >>> loss_fn = InfoNCELoss(learn_temperature=True)
@@ -186,7 +262,7 @@ class InfoNCELoss(_BothDirections):
 
     MAX_LOGIT_SCALE = 100.0
 
-    def __init__(self, temperature: float = 0.05, learn_temperature: bool = False):
+    def __init__(self, temperature: float = 0.05, learn_temperature: bool = False) -> None:
         super().__init__()
         check.positive(temperature, "temperature")
         self.temperature, self.learn_temperature = temperature, bool(learn_temperature)
@@ -199,78 +275,168 @@ class InfoNCELoss(_BothDirections):
             return self.logit_scale.clamp(max=math.log(self.MAX_LOGIT_SCALE)).exp()
         return 1 / self.temperature
 
-    def forward(self, scores, relevance_i2t=None, relevance_t2i=None, positives=None, scores_t2i=None):
+    def forward(self, scores: torch.Tensor, relevance_i2t: torch.Tensor | None = None,
+                relevance_t2i: torch.Tensor | None = None, positives: torch.Tensor | None = None,
+                scores_t2i: torch.Tensor | None = None, *, reducer: Reducer | None = None,
+                logit_scale: torch.Tensor | float | None = None) -> torch.Tensor:
         if relevance_i2t is None:   # unused; _directions checks it is a tensor
             relevance_i2t = scores.detach()
-        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)[2]
+        if logit_scale is not None:
+            check_logit_scale(logit_scale)
+        elif self.learn_temperature:
+            logit_scale = self.logit_scale_value()
+        return self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i, reducer,
+                                logit_scale=logit_scale)[2]
 
-    def _pair_loss(self, scores, relevance, positives=None):
-        if self.learn_temperature:   # the scale's gradient flows through the product
-            scores = scores * self.logit_scale_value().to(scores.dtype)
-            return losses.infonce_loss(scores, 1.0, "mean", positives)
-        return losses.infonce_loss(scores, self.temperature, "mean", positives)
+    def _pair_loss(self, scores, relevance, positives=None, reducer=None, logit_scale=None):
+        scale = logit_scale
+        if scale is not None:   # a tensor scale's gradient flows through the product
+            scores = scores * (scale.to(scores.dtype) if isinstance(scale, torch.Tensor) else float(scale))
+            return losses.infonce_loss(scores, 1.0, "mean", positives, reducer=reducer)
+        return losses.infonce_loss(scores, self.temperature, "mean", positives, reducer=reducer)
 
     _pair_reduction = "mean"
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"temperature={self.temperature}, learn_temperature={self.learn_temperature}"
 
 
-class TripletSNLoss(nn.Module):
-    """Triplet-SN on a square in-batch matrix; see `triplet_sn_loss`."""
+def check_logit_scale(logit_scale):
+    """A positive finite number, or a scalar floating tensor (its value is not checked: no host sync)."""
+    if isinstance(logit_scale, torch.Tensor):
+        if logit_scale.numel() != 1 or not logit_scale.is_floating_point():
+            raise ValueError(f"logit_scale must be a number or a one-element floating tensor, got a "
+                             f"{logit_scale.dtype} tensor of shape {tuple(logit_scale.shape)}")
+    else:
+        check.positive(logit_scale, "logit_scale")
 
-    def __init__(self, margin=0.2, temperature=0.01, rho=1.0, reduction="mean"):
+
+class TripletSNLoss(nn.Module):
+    """Triplet-SN (docs/bcls.md §1; `triplet_sn_loss`) on a square in-batch matrix, or rectangular
+    rows with ``positives``.
+
+    Args:
+        margin: the margin m.
+        temperature: T > 0 of the soft negative mining.
+        rho: negatives need relevance strictly below ``rho`` (``inf``: every ``j != p``).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Shape:
+        forward(scores (B, B) or (Q, N), relevance=None (same shape), positives=None (Q,), *,
+        reducer=None).
+
+    Returns:
+        (2, B) or (Q,) for ``"none"``, else a scalar, in the dtype of ``scores``.
+
+    Example:
+        >>> TripletSNLoss(temperature=0.05)(torch.randn(6, 6), torch.eye(6)).shape
+        torch.Size([])
+    """
+
+    def __init__(self, margin: float = 0.2, temperature: float = 0.01, rho: float = 1.0,
+                 reduction: str = "mean") -> None:
         super().__init__()
         triplet_sn_module_args(margin, temperature, rho, reduction)
         self.margin, self.temperature, self.rho, self.reduction = margin, temperature, rho, reduction
 
-    def forward(self, scores, relevance=None, positives=None):
+    def forward(self, scores: torch.Tensor, relevance: torch.Tensor | None = None,
+                positives: torch.Tensor | None = None, *,
+                reducer: Reducer | None = None) -> torch.Tensor:
         return bcls.triplet_sn_loss(scores, relevance, self.margin, self.temperature, self.rho, self.reduction,
-                                    positives)
+                                    positives, reducer=reducer)
 
 
 class KendallRankLoss(nn.Module):
-    """Kendall ranking loss on (Q, N) scores against continuous relevance; see `kendall_loss`."""
+    """Kendall ranking loss on (Q, N) scores against continuous relevance (docs/bcls.md §2); the
+    module form of `kendall_loss`.
 
-    def __init__(self, gap=None, phi="hinge", margin=0.0, temperature=0.01, sampling="full", window=8, stride=None,
-                 reduction="mean"):
+    Args:
+        gap: the pair rule's relevance gap (``None``: 0.3 full, 0 SW-HS).
+        phi: ``"hinge"``, ``"logistic"`` or ``"tanh"``.
+        margin: the hinge's margin.
+        temperature: T > 0 of the logistic and tanh surrogates.
+        sampling: ``"full"`` or ``"swhs"``.
+        window: the SW-HS window.
+        stride: the SW-HS stride (default ``window``).
+        reduction: ``"mean"`` (over the terms), ``"sum"`` or ``"none"`` (per-row sums).
+
+    Shape:
+        forward(scores (Q, N), relevance (Q, N), valid=None (Q, N) bool, *, reducer=None).
+
+    Returns:
+        (Q,) for ``"none"``, else a scalar, in the dtype of ``scores``.
+
+    Example:
+        >>> KendallRankLoss(sampling="swhs", window=2)(torch.randn(4, 10), torch.rand(4, 10)).shape
+        torch.Size([])
+    """
+
+    def __init__(self, gap: float | None = None, phi: str = "hinge", margin: float = 0.0, temperature: float = 0.01,
+                 sampling: str = "full", window: int = 8, stride: int | None = None, reduction: str = "mean") -> None:
         super().__init__()
         kendall_module_args(gap, phi, margin, temperature, sampling, window, stride, reduction)
         self.gap, self.phi, self.margin, self.temperature = gap, phi, margin, temperature
         self.sampling, self.window, self.stride, self.reduction = sampling, window, stride, reduction
 
-    def forward(self, scores, relevance, valid=None):
+    def forward(self, scores: torch.Tensor, relevance: torch.Tensor, valid: torch.Tensor | None = None, *,
+                reducer: Reducer | None = None) -> torch.Tensor:
         return bcls.kendall_loss(scores, relevance, self.gap, self.phi, self.margin, self.temperature,
-                                 self.sampling, self.window, self.stride, valid, self.reduction)
+                                 self.sampling, self.window, self.stride, valid, self.reduction,
+                                 reducer=reducer)
 
 
 class BCLSLoss(_BothDirections):
-    """BCLS (SPEC section 5) on a square in-batch score matrix:
+    """BCLS (Li et al., arXiv:2210.11319; docs/bcls.md §6) on in-batch scores:
 
         TripletSN(S, R_i2t) + mu * (Kendall(S, R_i2t) + Kendall(S.T, R_t2i)) / 2
 
-    with the Kendall loss sampled by SW-HS by default. `relevance_t2i` defaults to
-    `relevance_i2t.T`; Triplet-SN's soft negatives (rho < 1) read `relevance_i2t` for both of its
-    directions."""
+    with the Kendall loss sampled by SW-HS by default. Triplet-SN's soft negatives (rho < 1) read
+    `relevance_i2t` for both of its directions on a square matrix.
 
-    def __init__(self, mu=1.0, margin=0.2, temperature=0.01, rho=1.0, gap=None, phi="hinge", kendall_margin=0.0,
-                 kendall_temperature=0.01, sampling="swhs", window=8, stride=None):
+    Args:
+        mu: the Kendall weight (finite).
+        margin, temperature, rho: Triplet-SN's (`TripletSNLoss`).
+        gap, phi, sampling, window, stride: the Kendall loss's (`KendallRankLoss`).
+        kendall_margin, kendall_temperature: the Kendall surrogate's margin and temperature.
+
+    Shape:
+        {shape}
+
+    Returns:
+        A scalar, in the dtype of ``scores``.
+
+    Example:
+        >>> img = torch.nn.functional.normalize(torch.randn(8, 4), dim=1)
+        >>> loss = BCLSLoss(temperature=0.05, window=2)(img @ img.T, torch.eye(8))
+    """
+
+    def __init__(self, mu: float = 1.0, margin: float = 0.2, temperature: float = 0.01, rho: float = 1.0,
+                 gap: float | None = None, phi: str = "hinge", kendall_margin: float = 0.0,
+                 kendall_temperature: float = 0.01, sampling: str = "swhs", window: int = 8,
+                 stride: int | None = None) -> None:
         super().__init__()
         check.finite(mu, "mu")
         self.mu = mu
         self.triplet = TripletSNLoss(margin, temperature, rho)
         self.kendall = KendallRankLoss(gap, phi, kendall_margin, kendall_temperature, sampling, window, stride)
 
-    def forward(self, scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None):
-        """As ListwiseITRLoss.forward: square, or rectangular rows of both directions with `positives`."""
-        s_t2i, relevance_t2i, triplet = self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
-        kendall = (self.kendall(scores, relevance_i2t) + self.kendall(s_t2i, relevance_t2i)) / 2
+    def forward(self, scores: torch.Tensor, relevance_i2t: torch.Tensor, relevance_t2i: torch.Tensor | None = None,
+                positives: torch.Tensor | None = None, scores_t2i: torch.Tensor | None = None, *,
+                reducer: Reducer | None = None) -> torch.Tensor:
+        s_t2i, relevance_t2i, triplet = self._directions(scores, relevance_i2t, relevance_t2i, positives, scores_t2i,
+                                                         reducer)
+        kendall = (self.kendall(scores, relevance_i2t, reducer=reducer)
+                   + self.kendall(s_t2i, relevance_t2i, reducer=reducer)) / 2
         return triplet + self.mu * kendall
 
-    def _pair_loss(self, scores, relevance, positives=None):
-        return self.triplet(scores, relevance, positives)
+    def _pair_loss(self, scores, relevance, positives=None, reducer=None):
+        return self.triplet(scores, relevance, positives, reducer=reducer)
 
     @property
     def _pair_reduction(self):
         return self.triplet.reduction
 
+
+for _cls in (ListwiseITRLoss, TripletLoss, InfoNCELoss, BCLSLoss):
+    _cls.__doc__ = _cls.__doc__.replace("{shape}", _IN_BATCH_SHAPE)
+del _cls

@@ -1,5 +1,6 @@
-"""Plain-PyTorch reference of every public function and module, with the same signatures: the SPEC
-and the shared contract written as tensor code, materialising the (Q, N, N) pair tensors that the
+"""Plain-PyTorch reference of every public function and module, with the same signatures (less
+the `reducer` keyword of the fused losses): docs/ and the shared contract written as tensor code,
+materialising the (Q, N, N) pair tensors that the
 kernels avoid. Used by the tests (in float64, as the truth) and by bench/compare.py (eager and
 torch.compile).
 

@@ -39,7 +39,7 @@ def test_triplet_sn_matches_reference(b, rho, temperature, dtype, device, gen):
 
 
 def test_triplet_sn_tends_to_vse_hinge(device, gen):
-    """As T -> 0, Triplet-SN is the VSE++ max-violation hinge (SPEC)."""
+    """As T -> 0, Triplet-SN is the VSE++ max-violation hinge (docs/bcls.md §1)."""
     scores = cosine_scores(40, 40, gen).to(device)
     for t in (1e-3, 1e-5):
         sn = ik.triplet_sn_loss(scores, temperature=t, reduction="none")
@@ -398,7 +398,7 @@ def test_kendall_float16_does_not_overflow(phi, sampling, device, gen):
 # ---- Kendall, SW-HS ----
 
 def brute_force_swhs(scores, relevance, valid, window, stride, gap):
-    """SPEC section 5 as loops: per row, the (upper, lower, keep) of every window step. A NaN score
+    """docs/bcls.md §2 (SW-HS) as loops: per row, the (upper, lower, keep) of every window step. A NaN score
     is the hardest of its window (lowest in the upper, highest in the lower); ties to the lower column."""
     rows = []
     for q in range(scores.shape[0]):

@@ -1,5 +1,5 @@
 """Global-batch losses and train.py across 2 processes (gloo on the CPU, loopback only, bounded in
-time), against one process on the concatenated batch."""
+time), against one process on the concatenated batch, with no manual world-size scaling."""
 import os
 import subprocess
 import sys

@@ -47,7 +47,7 @@ def test_options_match_reference(k, gain, reduction, masked, device, gen):
 
 
 def test_by_hand(device):
-    """Two candidates, exp gain: ranks and NDCG written out from the SPEC formulas."""
+    """Two candidates, exp gain: ranks and NDCG written out from the docs/smooth_rank_ndcg.md formulas."""
     tau = 0.5
     scores = torch.tensor([[0.3, 0.1]], dtype=torch.float64, device=device)
     relevance = torch.tensor([[0.0, 1.0]], dtype=torch.float64, device=device)

@@ -1,4 +1,4 @@
-// CPU kernels of itr_kernels::infonce and its backward (SPEC section 5b). Square scores: both
+// CPU kernels of itr_kernels::infonce and its backward (docs/contrastive.md §2). Square scores: both
 // directions from one exponential sweep over S, after a sweep for the row and column maxima (cheap:
 // no exponentials); rows give the image-to-text sums, column partials over fixed blocks of rows,
 // added in block order, the text-to-image ones (deterministic). The exponentials dominate, so one

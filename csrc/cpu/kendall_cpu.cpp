@@ -1,4 +1,4 @@
-// CPU kernels of the Kendall ranking loss (SPEC section 5): the full pair form, fused with its
+// CPU kernels of the Kendall ranking loss (docs/bcls.md §2): the full pair form, fused with its
 // gradient like smooth_ndcg, and the SW-HS selection (sort by relevance, then per window pair the
 // hardest pair); the SW-HS terms themselves are a gather in Python, so autograd scatters them.
 #include <ATen/ATen.h>
@@ -130,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kendall_swhs_cpu(const at::Tensor
       const scalar_t* sq = s + q * N;
       std::vector<int64_t> order;
       order.reserve(N);
-      // Relevance descending, ties to the lower column (SPEC), NaN last.
+      // Relevance descending, ties to the lower column (docs/README.md), NaN last.
       if (std::is_same_v<T, float> && N <= int64_t{UINT32_MAX}) {
         std::vector<uint64_t> keys;
         keys.reserve(N);

@@ -1,4 +1,4 @@
-// CPU kernel of itr_kernels::smooth_ndcg (SPEC section 2): per-row loss, IDCG and, when asked,
+// CPU kernel of itr_kernels::smooth_ndcg (docs/smooth_rank_ndcg.md §2): per-row loss, IDCG and, when asked,
 // d loss[q] / d S[q, :] in the same call, so that backward only scales rows by grad_output.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

@@ -1,4 +1,4 @@
-// CPU kernels of itr_kernels::smooth_rank and its backward (SPEC section 1).
+// CPU kernels of itr_kernels::smooth_rank and its backward (docs/smooth_rank_ndcg.md §1).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

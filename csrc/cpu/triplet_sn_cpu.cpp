@@ -1,5 +1,5 @@
-// CPU kernels of itr_kernels::triplet_sn and its backward (SPEC section 5, Triplet-SN; the math in
-// bcls_math.h). Both directions in one pass over S: rows give the image-to-text shifted sums, and
+// CPU kernels of itr_kernels::triplet_sn and its backward (docs/bcls.md §1, Triplet-SN; the math
+// in bcls_math.h). Both directions in one pass over S: rows give the image-to-text shifted sums, and
 // column partials over fixed blocks of rows, merged in block order, the text-to-image ones
 // (deterministic). O(B) saved statistics per direction; the backward recomputes the weights.
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// CPU kernels of itr_kernels::vse_triplet and its backward (SPEC section 4, VSE++): max violation
+// CPU kernels of itr_kernels::vse_triplet and its backward (docs/contrastive.md §1, VSE++): max violation
 // (the hardest negative) or the sum of hinges, both directions from one sweep over S. Rows give the
 // image-to-text queries; column partials over fixed blocks of rows, merged in block order, the
 // text-to-image ones (deterministic). Ties between hardest negatives go to the lower index (column

@@ -1,4 +1,4 @@
-// CUDA kernels of SPEC section 5 (Triplet-SN, Kendall full, SW-HS selection). Deterministic:
+// CUDA kernels of docs/bcls.md (Triplet-SN, Kendall full, SW-HS selection). Deterministic:
 // every reduction has a fixed order (block trees, per-tile partials summed in tile order), with no
 // floating-point atomics.
 #include <cuda_runtime.h>

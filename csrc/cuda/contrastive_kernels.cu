@@ -1,4 +1,4 @@
-// CUDA kernels of the contrastive losses (SPEC sections 4 and 5b): InfoNCE and the VSE++ triplet
+// CUDA kernels of the contrastive losses (docs/contrastive.md): InfoNCE and the VSE++ triplet
 // (max violation, sum of hinges). One pass over S: a block owns a 64 x 128 tile and reduces it both
 // ways, rows across each warp's lanes and columns across the warps, into per-tile partials that a
 // second kernel merges per query in tile order. Deterministic (fixed orders, no floating-point

@@ -1,4 +1,4 @@
-// CUDA kernels of SPEC sections 1-2. Tiled over (row, column block): each thread owns kCols
+// CUDA kernels of docs/smooth_rank_ndcg.md §1-2. Tiled over (row, column block): each thread owns kCols
 // columns of one row and sweeps the whole row through shared memory, so any row length works
 // and memory stays O(Q * N). The pair math is the one in ranking_math.h.
 #include <cuda_runtime.h>

@@ -1,4 +1,4 @@
-"""Learnable pillar-based re-ranking (LeaPRR, SPEC section 7) on a frozen base model's similarities.
+"""Learnable pillar-based re-ranking (LeaPRR; Qu et al., SIGIR 2023) on a frozen base model's similarities.
 
 A *branch* re-ranks one direction: queries of modality A against candidates of modality B
 (image-to-text: A = images, B = texts; text-to-image the other way round). It needs the base
@@ -109,7 +109,7 @@ def _overlap(sets):
 
 
 def neighbour_graph(br, queries, threshold=0.8):
-    """(n, K + 1, K + 1) row-stochastic adjacency from shared top-C neighbours (SPEC section 7)."""
+    """(n, K + 1, K + 1) row-stochastic adjacency from shared top-C neighbours (LeaPRR, Qu et al., 2023)."""
     cand = br.cand[queries]
     sets_a = torch.cat([br.nbr_a_of_a[queries][:, None], br.nbr_a_of_b[cand]], dim=1)   # (n, K+1, C)
     sets_b = torch.cat([br.nbr_b_of_a[queries][:, None], br.nbr_b_of_b[cand]], dim=1)

