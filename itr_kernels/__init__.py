@@ -7,6 +7,7 @@ from .bcls import kendall_loss, listnet_loss, ranknet_loss, smooth_ap_loss, trip
 from .losses import infonce_loss, smooth_ndcg_loss, smooth_rank, triplet_loss
 from .modules import (BCLSLoss, InfoNCELoss, KendallRankLoss, ListwiseITRLoss, SmoothNDCGLoss, TripletLoss,
                       TripletSNLoss)
+from .composed import ContinuousLabelLoss, TripletSNITRLoss
 
 __version__ = "0.1.0"
 __all__ = [
@@ -27,5 +28,7 @@ __all__ = [
     "TripletSNLoss",
     "KendallRankLoss",
     "BCLSLoss",
+    "TripletSNITRLoss",
+    "ContinuousLabelLoss",
     "reference",
 ]

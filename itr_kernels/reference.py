@@ -6,7 +6,7 @@ import sys
 import torch
 
 from . import _validate as check
-from . import bcls, modules
+from . import bcls, composed, modules
 from ._ops import swhs_steps
 from .bcls import listnet_loss  # noqa: F401  (already plain tensor code: O(Q*N), nothing to fuse)
 from .bcls import phi_value
@@ -171,3 +171,11 @@ class KendallRankLoss(modules.KendallRankLoss):
 
 class BCLSLoss(modules.BCLSLoss):
     impl = sys.modules[__name__]
+
+
+class TripletSNITRLoss(composed.TripletSNITRLoss):
+    impl = sys.modules[__name__]
+
+
+class ContinuousLabelLoss(composed.ContinuousLabelLoss):
+    parts = sys.modules[__name__]
