@@ -10,8 +10,8 @@ from itr_kernels import reference as ref
 
 from helpers import assert_close_to_truth, cosine_scores
 
-BASE_ARGS = {"triplet": dict(margin=0.15), "triplet_sum": dict(margin=0.25), "triplet_sn": dict(margin=0.1, temperature=0.05, rho=0.9),
-             "infonce": dict(temperature=0.07)}
+BASE_ARGS = {"triplet": dict(margin=0.15), "triplet_sum": dict(margin=0.25),
+             "triplet_sn": dict(margin=0.1, temperature=0.05, rho=0.9), "infonce": dict(temperature=0.07)}
 TERM_ARGS = {"sndcg": dict(tau=0.05, k=6), "kendall": dict(kendall_margin=0.05, window=3)}
 
 
@@ -52,8 +52,7 @@ def truth(base, term, weight, mix, s, r_i2t, r_t2i, s_t2i=None, positives=None):
 
 
 def relevance(q, n, gen):
-    r = torch.rand(q, n, generator=gen, dtype=torch.float64)
-    return r
+    return torch.rand(q, n, generator=gen, dtype=torch.float64)
 
 
 def value_and_grads(fn, *tensors):
