@@ -84,6 +84,8 @@ def settings(space, u):
 def trial_settings(loss, trials):
     """Trial 0: the config as shipped ({}); trials 1..: scrambled Sobol points, the same each run."""
     space = SPACES[loss]
+    if trials == 1:
+        return [{}]
     points = torch.quasirandom.SobolEngine(len(space), scramble=True, seed=0).draw(trials - 1, dtype=torch.float64)
     return [{}] + [settings(space, p.tolist()) for p in points]
 
