@@ -10,6 +10,7 @@ from .embedding import EmbeddingLoss, GlobalBatchLoss
 from .losses import Reducer, infonce_loss, smooth_ndcg_loss, smooth_rank, triplet_loss
 from .modules import (BCLSLoss, InfoNCELoss, KendallRankLoss, ListwiseITRLoss, SmoothNDCGLoss, TripletLoss,
                       TripletSNLoss)
+from .composed import ContinuousLabelLoss, TripletSNITRLoss
 
 __version__ = "0.1.0"
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "GlobalBatchLoss",
     "GlobalReduction",
     "Reducer",
+    "TripletSNITRLoss",
+    "ContinuousLabelLoss",
     "reference",
     "distributed",
     "metrics",

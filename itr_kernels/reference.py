@@ -436,3 +436,50 @@ class BCLSLoss(nn.Module):
         triplet = _both_directions(lambda s, r, p: self.triplet(s, r, p), directions, positives, self.triplet.reduction)
         i2t, r_i2t, t2i, r_t2i = directions
         return triplet + self.mu * (self.kendall(i2t, r_i2t) + self.kendall(t2i, r_t2i)) / 2
+
+
+class TripletSNITRLoss(nn.Module):
+    def __init__(self, margin=0.2, temperature=0.01, rho=1.0):
+        super().__init__()
+        args.triplet_sn_module_args(margin, temperature, rho, "mean")
+        self.margin, self.temperature, self.rho = margin, temperature, rho
+
+    def forward(self, scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None):
+        directions = _in_batch(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
+        return _both_directions(lambda s, r, p: triplet_sn_loss(s, r, self.margin, self.temperature, self.rho, "mean", p),
+                                directions, positives, "mean")
+
+
+def _twin(module):
+    """The reference module with the settings of a fused base or term module (a learned InfoNCE
+    scale is the same parameter)."""
+    from . import composed, modules
+    if isinstance(module, modules.TripletLoss):
+        return TripletLoss(module.margin, module.max_violation, module.triplet_reduction)
+    if isinstance(module, composed.TripletSNITRLoss):
+        t = module.triplet
+        return TripletSNITRLoss(t.margin, t.temperature, t.rho)
+    if isinstance(module, modules.InfoNCELoss):
+        twin = InfoNCELoss(module.temperature, module.learn_temperature)
+        if module.learn_temperature:
+            twin.logit_scale = module.logit_scale
+        return twin
+    if isinstance(module, modules.SmoothNDCGLoss):
+        return SmoothNDCGLoss(module.tau, module.k, module.gain, module.reduction)
+    return KendallRankLoss(module.gap, module.phi, module.margin, module.temperature, module.sampling, module.window,
+                           module.stride, module.reduction)
+
+
+class ContinuousLabelLoss(nn.Module):
+    def __init__(self, base="triplet", term="sndcg", weight=None, mix=None, **kwargs):
+        super().__init__()
+        from . import composed
+        fused = composed.ContinuousLabelLoss(base, term, weight, mix, **kwargs)   # argument checks and routing only
+        self.weight, self.mix = fused.weight, fused.mix
+        self.base, self.term = _twin(fused.base), _twin(fused.term)
+
+    def forward(self, scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None):
+        i2t, r_i2t, t2i, r_t2i = _in_batch(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
+        base = self.base(scores, relevance_i2t, relevance_t2i, positives, scores_t2i)
+        term = (self.term(i2t, r_i2t) + self.term(t2i, r_t2i)) / 2
+        return ((1 - self.weight) if self.mix == "convex" else 1) * base + self.weight * term

@@ -40,21 +40,25 @@ def test_without_a_process_group_the_wrapper_is_the_square_loss(gen):
         torch.testing.assert_close(GlobalBatchLoss(loss)(img, txt, rel, rel.T.contiguous()), loss(img @ txt.T, rel))
 
 
-def test_two_process_training_matches_one_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("loss_kw", [{"loss": "listwise"}, {"loss": "infonce", "loss_args.learn_temperature": "true"}],
+                         ids=["listwise", "infonce_learned_temperature"])
+def test_two_process_training_matches_one_process_on_the_global_batch(tmp_path, loss_kw):
+    # a learned temperature is a parameter of the loss, outside DistributedDataParallel
     data = make_tiny_data(tmp_path)
-    common = dict(epochs=2, dropout=0.0, loss="listwise")
+    common = dict(epochs=2, dropout=0.0, **loss_kw)
     single = cfg_for(data, tmp_path / "one", batch_size=32, **common)
     from itr_kernels.app import train
     train.run(single, log=lambda *_: None)
     overrides = [f"{k}={v}" for k, v in dict(single, batch_size=16, out_dir=tmp_path / "two").items()
-                 if not isinstance(v, dict)]
+                 if not isinstance(v, dict)] + [f"loss_args.{k}={v}" for k, v in single["loss_args"].items()]
     done = torchrun(os.path.join(ROOT, "train.py"), *overrides)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     assert len(b["rng"]) == 2 and a["epoch"] == b["epoch"] == 2
-    for name in a["model"]:
-        torch.testing.assert_close(b["model"][name], a["model"][name], rtol=1e-4, atol=1e-5, msg=name)
+    for part in ("model", "loss"):
+        for name in a[part]:
+            torch.testing.assert_close(b[part][name], a[part][name], rtol=1e-4, atol=1e-5, msg=name)
     for ha, hb in zip(a["history"], b["history"]):
         assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-4)
         assert hb["grad_norm"] == pytest.approx(ha["grad_norm"], rel=1e-4)   # Adam alone would hide a scale error

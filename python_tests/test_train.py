@@ -75,7 +75,8 @@ def cfg_for(data, out, loss="listwise", **kw):
     return load_config(None, over + [f"{k}={v}" for k, v in kw.items()])
 
 
-@pytest.mark.parametrize("loss", ["triplet", "listwise", "bcls"])
+@pytest.mark.parametrize("loss", ["triplet", "listwise", "bcls", "infonce", "triplet_sn", "infonce_kendall",
+                                  "triplet_sum_sndcg"])
 def test_short_run_learns_and_reports(tiny_data, tmp_path, loss):
     report = train.run(cfg_for(tiny_data, tmp_path / "run", loss, epochs=10, lr=5e-3), log=lambda *_: None)
     t = report["test"]
@@ -95,8 +96,13 @@ class Crash(Exception):
     pass
 
 
-def test_resume_after_crash_mid_epoch_is_exact(tiny_data, tmp_path, monkeypatch):
-    full = train.run(cfg_for(tiny_data, tmp_path / "a"), log=lambda *_: None)
+@pytest.mark.parametrize("kw", [{}, {"loss": "triplet", "max_violation_warmup_epochs": 1},
+                                {"loss": "infonce", "loss_args.learn_temperature": "true"}],
+                         ids=["listwise", "max_violation_warmup", "learned_temperature"])
+def test_resume_after_crash_mid_epoch_is_exact(tiny_data, tmp_path, monkeypatch, kw):
+    # the warm-up switches to max violation at epoch 2, where the run crashes and resumes; the
+    # learned temperature is a parameter of the loss, saved with the model
+    full = train.run(cfg_for(tiny_data, tmp_path / "a", **kw), log=lambda *_: None)
 
     # Same run, crashed in the middle of epoch 2: one relevance call per step, 96 // 16 = 6 steps an
     # epoch, so call 11 is step 5 of epoch 2.
@@ -110,7 +116,7 @@ def test_resume_after_crash_mid_epoch_is_exact(tiny_data, tmp_path, monkeypatch)
         return real(*a, **k)
 
     monkeypatch.setattr(train, "rsc_relevance", crashing)
-    cfg = cfg_for(tiny_data, tmp_path / "b")
+    cfg = cfg_for(tiny_data, tmp_path / "b", **kw)
     with pytest.raises(Crash):
         train.run(cfg, log=lambda *_: None)
     monkeypatch.setattr(train, "rsc_relevance", real)
@@ -122,6 +128,7 @@ def test_resume_after_crash_mid_epoch_is_exact(tiny_data, tmp_path, monkeypatch)
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["loss"].keys() == b["loss"].keys() and all(torch.equal(a["loss"][k], b["loss"][k]) for k in a["loss"])
     assert a["history"] == [dict(h, seconds=a["history"][i]["seconds"]) for i, h in enumerate(b["history"])]
 
 
@@ -137,3 +144,39 @@ def test_checkpoint_from_another_config_is_refused(tiny_data, tmp_path):
 def test_cli_reports_config_errors(capsys):
     with pytest.raises(SystemExit, match="unknown config key 'lossargs'"):
         train.main(["lossargs.weight=1"])
+
+
+def test_every_config_builds_its_loss():
+    names = sorted(f[:-5] for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml") and f != "rerank.yaml")
+    assert {"infonce", "triplet_sum", "infonce_sndcg", "infonce_kendall", "triplet_sum_sndcg"} <= set(names)
+    for name in names:
+        cfg = load_config(os.path.join(CONFIG_DIR, f"{name}.yaml"))
+        loss_fn = train.make_loss(cfg["loss"], cfg["loss_args"])
+        s = torch.nn.functional.normalize(torch.randn(6, 4, dtype=torch.float64), dim=1)
+        assert torch.isfinite(loss_fn(s @ s.T, torch.rand(6, 6, dtype=torch.float64))), name
+    assert not train.make_loss("triplet_sum_kendall", {}).base.max_violation
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['margin'\].*temperature"):
+        train.make_loss("infonce_sndcg", {"margin": 0.2})
+
+
+def test_max_violation_warmup_is_the_sum_of_hinges_until_it_ends(tiny_data, tmp_path):
+    # warm-up over every epoch: the run of the sum of hinges, bit for bit; a shorter one differs
+    quiet = lambda *_: None   # noqa: E731
+    whole = train.run(cfg_for(tiny_data, tmp_path / "a", loss="triplet", max_violation_warmup_epochs=3), log=quiet)
+    hinges = train.run(cfg_for(tiny_data, tmp_path / "b", loss="triplet", **{"loss_args.max_violation": "false"}),
+                       log=quiet)
+    part = train.run(cfg_for(tiny_data, tmp_path / "c", loss="triplet", max_violation_warmup_epochs=1), log=quiet)
+    hard = train.run(cfg_for(tiny_data, tmp_path / "d", loss="triplet"), log=quiet)
+    assert whole["test"] == hinges["test"]
+    assert part["test"] != hinges["test"] and part["test"] != hard["test"]
+    with pytest.raises(ValueError, match="max_violation_warmup_epochs=2: loss 'infonce' has no max-violation"):
+        train.run(cfg_for(tiny_data, tmp_path / "e", loss="infonce", max_violation_warmup_epochs=2), log=quiet)
+
+
+def test_run_without_test_split_reports_dev_only(tiny_data, tmp_path, monkeypatch):
+    evaluated = []
+    real = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda m, split, *a, **k: evaluated.append(split) or real(m, split, *a, **k))
+    report = train.run(cfg_for(tiny_data, tmp_path / "a", epochs=2), log=lambda *_: None, test=False)
+    assert "test" not in report and report["dev"]["rsum"] > 0 and len(evaluated) == 2
+    assert not (tmp_path / "a" / "test_report.json").exists()

@@ -4,6 +4,7 @@ R@K, rsum, NDCG@k (RSC relevance), mAP@R and Kendall tau.
     python train.py                                   # configs/default.yaml: listwise, emoji data
     python train.py --config configs/bcls.yaml seed=1 epochs=20 loss_args.mu=0.5
     python train.py --config configs/triplet.yaml --resume runs/triplet/last.pt
+    python train.py --config configs/infonce_kendall.yaml loss_args.weight=0.5   # InfoNCE + Kendall
     torchrun --nproc_per_node=8 train.py --config configs/listwise.yaml   # global batch 8 x batch_size
 
 Writes to out_dir: last.pt (every epoch, for --resume), best.pt (best dev rsum), log.csv,
@@ -11,6 +12,7 @@ TensorBoard events, test_report.json and curves.png.
 """
 import argparse
 import csv
+import functools
 import inspect
 import json
 import math
@@ -33,14 +35,27 @@ from .data import rsc_relevance
 from .data.loading import load_data, pick_device
 from .vse import VSEModel
 
-LOSSES = {"triplet": ik.TripletLoss, "listwise": ik.ListwiseITRLoss, "bcls": ik.BCLSLoss}
+# A continuous-label term on a pairwise base, "<base>_<term>" (ik.ContinuousLabelLoss); two of them
+# have their own names: listwise = triplet + S-NDCG, bcls = triplet_sn + Kendall.
+COMBINATIONS = {f"{base}_{term}": (base, term) for base in ik.composed.BASES for term in ik.composed.TERMS
+                if (base, term) not in (("triplet", "sndcg"), ("triplet_sn", "kendall"))}
+LOSSES = {"triplet": ik.TripletLoss, "listwise": ik.ListwiseITRLoss, "bcls": ik.BCLSLoss, "infonce": ik.InfoNCELoss,
+          "triplet_sn": ik.TripletSNITRLoss,
+          **{name: functools.partial(ik.ContinuousLabelLoss, *pair) for name, pair in COMBINATIONS.items()}}
+
+
+def loss_arguments(name):
+    """The loss_args keys that loss `name` takes."""
+    if name in COMBINATIONS:
+        return ["weight", "mix"] + ik.ContinuousLabelLoss.accepted_arguments(*COMBINATIONS[name])
+    return [p for p in inspect.signature(LOSSES[name].__init__).parameters if p != "self"]
 
 
 def make_loss(name, args):
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {name!r}")
     cls = LOSSES[name]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    accepted = loss_arguments(name)
     unknown = sorted(set(args) - set(accepted))
     if unknown:
         raise ValueError(f"loss_args: unknown argument(s) {unknown} for loss {name!r}; it takes {accepted}")
@@ -52,6 +67,19 @@ def init_distributed(device):
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return world_and_rank()
+
+
+def max_violation_triplets(loss_fn):
+    """The loss's VSE++ triplets configured with max violation (TripletLoss, ListwiseITRLoss and the
+    triplet base of a ContinuousLabelLoss): the ones the max-violation warm-up switches."""
+    return [m for m in loss_fn.modules() if getattr(m, "max_violation", None) is True]
+
+
+def set_max_violation(triplets, epoch, cfg):
+    """VSE++ practice: the sum of hinges for the first `max_violation_warmup_epochs` epochs, the
+    hardest negative after. A function of the epoch alone, so that a resumed run does the same."""
+    for m in triplets:
+        m.max_violation = epoch > cfg["max_violation_warmup_epochs"]
 
 
 def seed_everything(seed):
@@ -108,8 +136,13 @@ def train_epoch(model, loss_fn, opt, sched, split, cfg, epoch, device, bar):
             loss = global_loss(img_emb.float(), txt_emb.float(), rel_i2t, rel_t2i)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        params = list(model.parameters()) + list(loss_fn.parameters())   # a learned temperature too
+        if world > 1:
+            for p in loss_fn.parameters():     # DDP averages the model's gradients only
+                dist.all_reduce(p.grad)
+                p.grad /= world
         clip = cfg["grad_clip"] if cfg["grad_clip"] > 0 else float("inf")
-        grad_norm += torch.nn.utils.clip_grad_norm_(model.parameters(), clip).item()   # before clipping
+        grad_norm += torch.nn.utils.clip_grad_norm_(params, clip).item()   # before clipping
         opt.step()
         sched.step()
         value = loss.detach()
@@ -152,7 +185,10 @@ def _rng_states(world):
     return states
 
 
-def run(cfg, resume=None, log=print):
+def run(cfg, resume=None, log=print, test=True):
+    """Train by `cfg`; returns the report (also written to test_report.json): the config, the best
+    epoch by dev rsum and its dev metrics ("dev"), and, with `test`, the test metrics of that
+    checkpoint ("test"). `test=False` (hyper-parameter search) never evaluates the test split."""
     from tqdm.auto import tqdm
     device = pick_device(cfg["device"])
     world, rank = init_distributed(device)
@@ -163,6 +199,16 @@ def run(cfg, resume=None, log=print):
         torch.set_num_threads(cfg["num_threads"])
     seed_everything(cfg["seed"])
     loss_fn = make_loss(cfg["loss"], cfg["loss_args"])
+    hard_triplets = max_violation_triplets(loss_fn)
+    warmup = cfg["max_violation_warmup_epochs"]
+    if warmup < 0:
+        raise ValueError(f"max_violation_warmup_epochs must be >= 0, got {warmup}")
+    if warmup > 0 and not hard_triplets:
+        raise ValueError(f"max_violation_warmup_epochs={warmup}: loss {cfg['loss']!r} has no max-violation "
+                         f"triplet to warm up "
+                         f"(triplet and triplet_kendall with max_violation, listwise)")
+    if warmup > 0:
+        log(f"max-violation warm-up: sum of hinges for epochs 1-{warmup}, the hardest negative after")
     out = cfg["out_dir"]
     os.makedirs(out, exist_ok=True)
     splits = load_data(cfg, device, log)
@@ -172,13 +218,15 @@ def run(cfg, resume=None, log=print):
                          f"training images")
     model = VSEModel(train.images.shape[-1], train.texts.shape[1], cfg["embed_dim"], cfg["hidden"],
                      cfg["dropout"]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    opt = torch.optim.Adam(list(model.parameters()) + list(loss_fn.parameters()), lr=cfg["lr"],
+                           weight_decay=cfg["weight_decay"])
     steps_per_epoch = train.n_images // (cfg["batch_size"] * world)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps_per_epoch, cfg))
     start, best, history = 1, -1.0, []
     if resume:
         ckpt = checkpoint.load(resume, cfg)
         model.load_state_dict(ckpt["model"])
+        loss_fn.load_state_dict(ckpt.get("loss", {}))
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         if len(ckpt["rng"]) != world:
@@ -204,6 +252,7 @@ def run(cfg, resume=None, log=print):
                disable=not (cfg["progress"] and main_process), dynamic_ncols=True, desc=cfg["loss"])
     for epoch in range(start, cfg["epochs"] + 1):
         t0 = time.perf_counter()
+        set_max_violation(hard_triplets, epoch, cfg)
         train_loss, grad_norm = train_epoch(net, loss_fn, opt, sched, train, cfg, epoch, device, bar)
         rng = _rng_states(world)
         if main_process:
@@ -218,8 +267,9 @@ def run(cfg, resume=None, log=print):
             (bar.write if cfg["progress"] else log)(
                 f"epoch {epoch}: loss {train_loss:.4f}  dev rsum {dev['rsum']:.1f}  "
                 f"NDCG@{k} {dev[f'ndcg@{k}']:.4f}  ({row['seconds']:.1f} s)")
-            state = dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                         epoch=epoch, best_rsum=max(best, dev["rsum"]), history=history, config=cfg, rng=rng)
+            state = dict(model=model.state_dict(), loss=loss_fn.state_dict(), optimizer=opt.state_dict(),
+                         scheduler=sched.state_dict(), epoch=epoch, best_rsum=max(best, dev["rsum"]), history=history,
+                         config=cfg, rng=rng)
             if dev["rsum"] > best:
                 best = dev["rsum"]
                 checkpoint.save(os.path.join(out, "best.pt"), **state)
@@ -236,18 +286,23 @@ def run(cfg, resume=None, log=print):
     report = None
     if main_process:
         best_ckpt = checkpoint.load(os.path.join(out, "best.pt"), cfg)
-        model.load_state_dict(best_ckpt["model"])
-        test = evaluate(model, splits["test"], k, full=True)
-        report = {"config": cfg, "best_epoch": best_ckpt["epoch"], "test": test, "world_size": world,
+        dev = {n[len("dev_"):]: v for n, v in best_ckpt["history"][-1].items() if n.startswith("dev_")}
+        report = {"config": cfg, "best_epoch": best_ckpt["epoch"], "dev": dev, "world_size": world,
                   "torch": torch.__version__, "device": str(device)}
-        with open(os.path.join(out, "test_report.json"), "w") as f:
-            json.dump(report, f, indent=2)
         write_curves(history, os.path.join(out, "curves.png"), k)
-        log(f"test (best epoch {best_ckpt['epoch']}): "
-            f"i2t R@1 {test['i2t_r1']:.1f} R@5 {test['i2t_r5']:.1f} R@10 {test['i2t_r10']:.1f} | "
-            f"t2i R@1 {test['t2i_r1']:.1f} R@5 {test['t2i_r5']:.1f} R@10 {test['t2i_r10']:.1f} | "
-            f"rsum {test['rsum']:.1f} | NDCG@{k} {test[f'ndcg@{k}']:.4f} | Kendall tau {test['kendall_tau']:.4f}")
-        log(f"wrote {out}/test_report.json, curves.png, log.csv, best.pt, last.pt")
+        if test:
+            model.load_state_dict(best_ckpt["model"])
+            t = report["test"] = evaluate(model, splits["test"], k, full=True)
+            with open(os.path.join(out, "test_report.json"), "w") as f:
+                json.dump(report, f, indent=2)
+            log(f"test (best epoch {best_ckpt['epoch']}): "
+                f"i2t R@1 {t['i2t_r1']:.1f} R@5 {t['i2t_r5']:.1f} R@10 {t['i2t_r10']:.1f} | "
+                f"t2i R@1 {t['t2i_r1']:.1f} R@5 {t['t2i_r5']:.1f} R@10 {t['t2i_r10']:.1f} | "
+                f"rsum {t['rsum']:.1f} | NDCG@{k} {t[f'ndcg@{k}']:.4f} | Kendall tau {t['kendall_tau']:.4f}")
+            log(f"wrote {out}/test_report.json, curves.png, log.csv, best.pt, last.pt")
+        else:
+            log(f"dev (best epoch {best_ckpt['epoch']}): rsum {dev['rsum']:.1f} | NDCG@{k} {dev[f'ndcg@{k}']:.4f} "
+                f"(test split not evaluated)")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

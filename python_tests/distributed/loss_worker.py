@@ -61,6 +61,12 @@ def main():
         "triplet_sn_sum": ik.TripletSNLoss(temperature=0.05, rho=0.9, reduction="sum"),
         "bcls_swhs": ik.BCLSLoss(temperature=0.05, window=2),
         "bcls_full": ik.BCLSLoss(temperature=0.05, sampling="full", gap=0.2, phi="logistic", kendall_temperature=0.1),
+        "triplet_sn_itr": ik.TripletSNITRLoss(temperature=0.05, rho=0.9),
+        "infonce_kendall": ik.ContinuousLabelLoss("infonce", "kendall", 0.5, temperature=0.1, window=2),
+        "infonce_learned_sndcg": ik.ContinuousLabelLoss(ik.InfoNCELoss(learn_temperature=True), "sndcg", tau=0.05),
+        "triplet_sum_sndcg": ik.ContinuousLabelLoss("triplet_sum", "sndcg", 0.3, tau=0.05, k=3),
+        "triplet_sn_sndcg": ik.ContinuousLabelLoss("triplet_sn", "sndcg", temperature=0.05, tau=0.05),
+        "triplet_kendall_full": ik.ContinuousLabelLoss("triplet", "kendall", sampling="full", gap=0.2),
     }
     mine = slice(rank * per, (rank + 1) * per)
     failures, checked = [], 0
