@@ -72,7 +72,9 @@ std::tuple<at::Tensor, at::Tensor> relevance_order(const at::Tensor& R, const at
   if (V.defined()) cls = cls.masked_fill(V.logical_not(), 2);
   const at::Tensor by_relevance =
       std::get<1>(R.masked_fill(cls != 0, 0).sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
-  const at::Tensor by_class = std::get<1>(cls.gather(1, by_relevance).sort(/*stable=*/true, /*dim=*/1));
+  // all three arguments: sort(true, 1) would resolve to sort(dim = 1, descending = true)
+  const at::Tensor by_class =
+      std::get<1>(cls.gather(1, by_relevance).sort(/*stable=*/true, /*dim=*/1, /*descending=*/false));
   const at::Tensor order = by_relevance.gather(1, by_class).contiguous();
   const at::Tensor n_valid =
       (V.defined() ? V.sum(1) : at::full({R.size(0)}, R.size(1), R.options().dtype(at::kLong))).to(at::kLong);
