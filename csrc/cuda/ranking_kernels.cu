@@ -66,8 +66,7 @@ __device__ void sweep_row(const RowReader<In>& rows, const Coef* coef, int64_t q
   }
 }
 
-// One row as column_sum (ranking_math.h) reads it: staged scores, coefficients, validity. Holds
-// the reader by value: a reference to a kernel parameter would copy it to local memory.
+// One row as column_sum (ranking_math.h) reads it: staged scores, coefficients, validity.
 template <typename In, typename Coef, typename Acc>
 struct DeviceRow {
   RowReader<In> rows;
@@ -133,7 +132,8 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(RowReader<In> rows, int6
     for (int t = 0; t < kCols; ++t) {
       const int64_t j = j0 + t * kThreads;
       Acc sum;
-      if (infinite_column<Sig, true>(rows, coef, q, j, scale, sum)) out[q * rows.cols + j] = from_acc<Out>(inv_tau * sum);
+      if (infinite_column<Sig, true>(rows, coef, q, j, scale, sum))
+        out[q * rows.cols + j] = from_acc<Out>(inv_tau * sum);
     }
   }
 }
