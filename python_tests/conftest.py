@@ -27,14 +27,11 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (["cuda-em
 # the long rows and tile edges against the CPU ops.
 EMULATED_MAX_ENTRIES = 4096
 
-# Bugs of the CUDA path that the emulation found (reported; issue 12 owns the fixes): the cuda-emu
+# Known bugs of the CUDA path that the emulation found and that are not fixed yet: the cuda-emu
 # cases they can fail are expected failures until then (not strict: random inputs do not always hit
-# them); test_cuda_emu.py has a strict reproducer of each. (test name, params -> applies?, reason)
-KNOWN_CUDA_BUGS = [
-    ("test_swhs_selection_matches_brute_force", lambda p: p.get("masked"),
-     "CUDA relevance order (csrc/cuda/bindings.cpp relevance_order): a valid candidate of relevance -inf can "
-     "sort after masked ones (test_cuda_emu.py::test_masked_candidates_sort_last)"),
-]
+# them); test_cuda_emu.py then has a strict xfail reproducer of each. None at present.
+# (test name, params -> applies?, reason)
+KNOWN_CUDA_BUGS = []
 
 
 def pytest_collection_modifyitems(config, items):

@@ -68,3 +68,32 @@ def assert_compiles_to_same(step, scores, relevance):
         outs.append((loss.detach(), s.grad))
     torch.testing.assert_close(outs[0][0], outs[1][0])
     torch.testing.assert_close(outs[0][1], outs[1][1])
+
+
+# ---- float64 truth of the smooth rank, written pair by pair (independent of itr_kernels) ----
+
+def _pairs(scores, tau, valid):
+    """sigma((S[q,k] - S[q,j]) / tau) at [q, j, k] and the mask of the pairs that count (k valid,
+    k != j): IEEE arithmetic on the float64 scores, so an infinite score gives sigma(+-inf) = 1 or
+    0, and two infinite scores of the same sign a NaN pair (inf - inf)."""
+    s = scores.double()
+    n = s.shape[1]
+    valid = torch.ones_like(s, dtype=torch.bool) if valid is None else valid
+    x = (s.unsqueeze(1) - s.unsqueeze(2)) / tau
+    counted = valid.unsqueeze(1) & ~torch.eye(n, dtype=torch.bool, device=s.device)
+    return torch.sigmoid(x), torch.sigmoid(-x), counted, valid
+
+
+def smooth_rank_truth(scores, tau, valid=None):
+    """Rhat[q, j] = 1 + sum_{k != j, valid} sigma((S[q,k] - S[q,j]) / tau); 0 at masked entries."""
+    sig, _, counted, valid = _pairs(scores, tau, valid)
+    return torch.where(valid, 1 + torch.where(counted, sig, 0).sum(dim=2), 0)
+
+
+def smooth_rank_grad_truth(scores, tau, upstream, valid=None):
+    """d <upstream, Rhat> / d S[q, c] = (1/tau) sum_{j != c, valid} sigma'((S_j - S_c)/tau) (g_j - g_c),
+    with sigma' = sigma(x) sigma(-x) (no cancellation); 0 at masked entries."""
+    sig, rev, counted, valid = _pairs(scores, tau, valid)
+    g = upstream.double()
+    terms = torch.where(counted, sig * rev * (g.unsqueeze(1) - g.unsqueeze(2)), 0)  # [q, c, j]
+    return torch.where(valid, terms.sum(dim=2) / tau, 0)

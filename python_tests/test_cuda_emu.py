@@ -426,13 +426,11 @@ def test_out_of_bounds_read_is_caught():
     assert "heap-buffer-overflow" in done.stderr and "read_past_end" in done.stderr, done.stderr[-3000:]
 
 
-# ---- bugs of the CUDA path found by the emulation (reported; issue 12 owns the fixes) ----
+# ---- the relevance order of the CUDA binding (relevance_order) is the CPU ops' (ranks_before) ----
 
-@pytest.mark.xfail(strict=True, reason="csrc/cuda/bindings.cpp relevance_order fills masked relevance with -inf, so "
-                                       "a valid candidate of relevance -inf can sort after a masked one")
 def test_masked_candidates_sort_last():
-    """Column 0 is masked, column 2 valid with relevance -inf: the CPU ops leave column 0 out of the
-    SW-HS windows and of the gain set; the CUDA path takes it in place of column 2."""
+    """Column 0 is masked, column 2 valid with relevance -inf: column 0 stays out of the SW-HS
+    windows and of the gain set (masked candidates come after every valid one), as on the CPU."""
     scores = torch.tensor([[0.3, 0.1, 0.2, 0.4]], dtype=torch.float64)
     relevance = torch.tensor([[0.0, 1.0, -float("inf"), 0.5]], dtype=torch.float64)
     valid = torch.tensor([[False, True, True, True]])
@@ -443,10 +441,9 @@ def test_masked_candidates_sort_last():
             torch.testing.assert_close(g, c, equal_nan=True, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason="csrc/cuda/bindings.cpp relevance_order sorts with torch, whose descending "
-                                       "order puts NaN first; the CPU ops (ranks_before, rank_key) put NaN relevance "
-                                       "last")
 def test_nan_relevance_sorts_last():
+    """NaN relevance is ordered last among the valid candidates (torch's descending sort would put it
+    first): the top-2 gain set and the SW-HS windows are the CPU's."""
     scores = torch.tensor([[0.3, 0.1, 0.2, 0.4]], dtype=torch.float64)
     relevance = torch.tensor([[0.5, float("nan"), 1.0, 0.25]], dtype=torch.float64)
     for op, args in [("kendall_swhs", (scores, relevance, None, 1, 1, 0.0)),

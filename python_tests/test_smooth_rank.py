@@ -1,10 +1,13 @@
+import math
+
 import pytest
 import torch
 
 import itr_kernels as ik
 from itr_kernels import reference as ref
 
-from helpers import ALL_DTYPES, F64, SIZES, assert_close_to_truth, inputs, run
+from helpers import (ALL_DTYPES, F64, LOW_PRECISION, SIZES, assert_close_to_truth, inputs, run, smooth_rank_grad_truth,
+                     smooth_rank_truth)
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
@@ -84,3 +87,94 @@ def test_empty(device):
         out = ik.smooth_rank(s, 0.1)
         out.sum().backward()
         assert out.shape == shape and s.grad.shape == shape
+
+
+INF = float("inf")
+# Rows with infinite scores: alone, of both signs, tied with another of the same sign (inf - inf:
+# NaN for those two candidates, as the math), and next to masked candidates (a valid -inf is not a
+# masked one). (scores, valid)
+INFINITE_ROWS = [
+    ([0.1, INF, 0.3, 0.2], [True, True, True, False]),
+    ([0.1, -INF, 0.3, 0.2], [True, True, True, True]),
+    ([INF, -INF, 0.2, 0.5], [True, True, True, True]),
+    ([-INF, 0.2, 0.7, -INF], [True, True, True, False]),
+    ([INF, 0.4, INF, -0.3], [True, True, True, True]),
+    ([-INF, -INF, 0.3, 0.1], [True, True, False, True]),
+    ([INF, 0.3, -INF, 0.9], [True, False, True, False]),
+]
+
+
+def test_infinite_score_by_hand(device):
+    """smooth_rank([[.1, inf, .3]], tau=0.1) = [2 + sigma(2), 1, 2 + sigma(-2)]: the +inf candidate
+    outranks both others (sigma(+inf) = 1) and is outranked by none (sigma(-inf) = 0)."""
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+    scores = torch.tensor([[0.1, INF, 0.3]], dtype=torch.float64, device=device)
+    expected = torch.tensor([[2 + sig(2.0), 1.0, 2 + sig(-2.0)]], dtype=torch.float64)
+    torch.testing.assert_close(ik.smooth_rank(scores, 0.1).cpu(), expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_infinite_scores(dtype, device, gen):
+    """Rank and gradient of rows with +-inf scores against the float64 truth, including the NaN of a
+    pair of equal infinities; every other entry finite (no row mean or self term inf - inf)."""
+    scores = torch.tensor([r for r, _ in INFINITE_ROWS], dtype=dtype, device=device)
+    valid = torch.tensor([v for _, v in INFINITE_ROWS], device=device)
+    upstream = torch.randn(scores.shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    tau = 0.1
+    rank, grad = run(ik.smooth_rank, scores, tau, valid, upstream=upstream)
+    truth = smooth_rank_truth(scores, tau, valid)
+    truth_grad = smooth_rank_grad_truth(scores, tau, upstream, valid)
+    assert torch.isfinite(truth[:, :2]).sum() >= 6  # the truth itself is mostly finite
+    rtol = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(rank.double(), truth, rtol=rtol, atol=rtol, equal_nan=True)
+    torch.testing.assert_close(grad.double(), truth_grad, rtol=rtol, atol=rtol, equal_nan=True)
+    assert torch.all(rank[~valid] == 0) and torch.all(grad[~valid] == 0)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_masked_candidates_add_exactly_nothing(dtype, device, gen):
+    """A masked candidate's pair terms are exactly 0, not a clamped 2^-64: a row whose only valid
+    candidate stands among masked ones has rank exactly 1 and gradient exactly 0, whatever the
+    masked scores and the upstream gradient."""
+    q, n = 3, 40
+    scores = torch.randn(q, n, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    valid = torch.zeros(q, n, dtype=torch.bool, device=device)
+    valid[0, 7] = valid[1, 0] = valid[2, n - 1] = True
+    scores[1] = 50.0  # masked candidates far above the valid one
+    scores[1, 0] = -50.0
+    upstream = torch.randn(q, n, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    for tau in (0.01, 1.0):
+        rank, grad = run(ik.smooth_rank, scores, tau, valid, upstream=upstream)
+        assert torch.equal(rank, valid.to(dtype)), rank[valid]
+        assert torch.all(grad == 0), grad[valid]
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_low_precision_gradient_of_far_apart_pairs(dtype, device):
+    """sigma' of pairs 12 to 24 tau apart, in float16 / bfloat16, against the truth on the same
+    inputs. sigma'(x) computed as (1 - t^2) / 4 from t = tanh(x / 2) cancels: tanh(9) rounds to
+    within one float ulp of 1, so at x = 18 that form is off by about 2x and at x >= 20 it gives 0.
+    (On the GPU, tanh.approx's own 2^-11 error would add to it; the emulation's tanhf is correctly
+    rounded, so the rounding of t alone is what this catches.)"""
+    tau = 2.0 ** -9  # x * tau is exact in both dtypes
+    x = torch.tensor([12.0, 14.0, 16.0, 18.0, 20.0, 24.0])
+    scores = torch.stack([torch.zeros_like(x), x * tau], dim=1).to(dtype).to(device)
+    # upstream 8192 on the lower candidate: d/dS = 8192 sigma'(x) / tau stays a normal float16
+    upstream = torch.tensor([[8192.0, 0.0]]).expand(len(x), 2).to(dtype).to(device)
+    _, grad = run(ik.smooth_rank, scores, tau, upstream=upstream)
+    truth = smooth_rank_grad_truth(scores, tau, upstream)
+    assert truth[:, 1].min() > 2 * torch.finfo(torch.float16).tiny
+    torch.testing.assert_close(grad.double(), truth, rtol=1e-2, atol=0)
+
+
+def test_infinite_score_in_smooth_ap(device):
+    """Smooth-AP takes its ranks from smooth_rank: a +inf positive is ranked first, finitely."""
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+    scores = torch.tensor([[0.1, INF, 0.3]], dtype=torch.float64, device=device)
+    positives = torch.tensor([[True, True, False]], device=device)
+    rank_all = [2 + sig(2.0), 1.0]  # of the positives, among all candidates
+    rank_pos = [2.0, 1.0]           # among the positives
+    expected = 1 - (rank_pos[0] / rank_all[0] + rank_pos[1] / rank_all[1]) / 2
+    assert ik.smooth_ap_loss(scores, positives, tau=0.1).item() == pytest.approx(expected, rel=1e-12)

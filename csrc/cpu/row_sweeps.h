@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -13,25 +14,50 @@
 namespace itr {
 namespace cpu {
 
-// Stage one row as w = (s - mean) * scale, masked entries as -inf (their pair terms vanish).
-// Centring keeps |w| small, so rounding w costs no more precision than rounding s_k - s_j would.
-// Returns true if a valid score is NaN: the caller then fills the row with NaN.
+// Stage the valid candidates of one row, compacted in column order: w[i] = (s - center) * scale
+// and cols[i] = its column, for i < the returned count. Masked candidates are left out rather than
+// staged, so they add exactly 0 (no clamped 2^-64 per pair) and cost nothing in the sweeps.
+// Centring on the mean of the finite valid scores keeps |w| small, so rounding w costs no more
+// precision than rounding s_k - s_j would; an infinite score stays infinite (its own pairs are
+// summed by column_sum). has_nan: a valid score is NaN, and the caller fills the row with NaN.
 template <typename scalar_t, typename T>
-bool stage_row(const scalar_t* s, const bool* valid, int64_t n, T scale, T* w) {
+int64_t stage_row(const scalar_t* s, const bool* valid, int64_t n, T scale, T* w, int64_t* cols, bool& has_nan) {
   T sum = 0;
-  int64_t count = 0;
-  bool has_nan = false;
+  int64_t count = 0, finite = 0;
+  has_nan = false;
   for (int64_t j = 0; j < n; ++j) {
     if (valid && !valid[j]) continue;
     const T x = static_cast<T>(s[j]);
     has_nan |= x != x;
-    sum += x;
-    ++count;
+    const bool fin = std::isfinite(x);
+    sum += fin ? x : T(0);
+    finite += fin;
+    cols[count++] = j;
   }
-  const T center = count > 0 && !has_nan ? sum / static_cast<T>(count) : T(0);
-  for (int64_t j = 0; j < n; ++j)
-    w[j] = (valid && !valid[j]) ? -std::numeric_limits<T>::infinity() : (static_cast<T>(s[j]) - center) * scale;
-  return has_nan;
+  const T center = finite > 0 ? sum / static_cast<T>(finite) : T(0);
+  for (int64_t i = 0; i < count; ++i) w[i] = (static_cast<T>(s[cols[i]]) - center) * scale;
+  return count;
+}
+
+// A staged row for column_sum (ranking_math.h): w and coefficients a, every entry valid.
+template <typename T>
+struct StagedRow {
+  const T* w_;
+  const T* a_;
+  T w(int64_t k) const { return w_[k]; }
+  T c(int64_t k) const { return a_[k]; }
+  bool live(int64_t) const { return true; }
+};
+
+// sum_{k != j} sigma((s_k - s_j) / tau) and sum_{j != k} sigma'(..) (a_j - a_k) of one column, pair by
+// pair: for the columns whose staged score is infinite (see column_sum).
+template <typename T>
+T rank_column(const T* w, int64_t n, int64_t j) {
+  return column_sum<PairSigmoid<T>, false, T>(StagedRow<T>{w, nullptr}, n, j);
+}
+template <typename T>
+T grad_column(const T* w, const T* a, int64_t n, int64_t k) {
+  return column_sum<PairSigmoid<T>, true, T>(StagedRow<T>{w, a}, n, k);
 }
 
 // sum_k sigma((s_k - s_j) / tau) over the whole staged row (the k == j term included).

@@ -62,11 +62,20 @@ Matrix matrix_of(const at::Tensor& scores) {
 
 const bool* valid_ptr(const at::Tensor& v) { return v.defined() ? v.const_data_ptr<bool>() : nullptr; }
 
-// Each row's candidates by relevance, descending, ties to the lower column (a stable sort), masked
-// ones last; and how many are valid.
+// Each row's candidates in the CPU ops' order (ranks_before): valid ones by relevance descending,
+// NaN last among them, ties to the lower column, then the masked ones; and how many are valid.
+// Two stable sorts: by relevance (NaN and masked entries as 0, so they keep column order), then by
+// class (0: valid, 1: valid NaN, 2: masked), which keeps the first order within each class.
+// (One descending sort would put NaN first, and masked-as--inf would tie with a valid -inf.)
 std::tuple<at::Tensor, at::Tensor> relevance_order(const at::Tensor& R, const at::Tensor& V) {
-  const at::Tensor key = V.defined() ? R.masked_fill(V.logical_not(), -std::numeric_limits<double>::infinity()) : R;
-  const at::Tensor order = std::get<1>(key.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true)).contiguous();
+  at::Tensor cls = R.isnan().to(at::kByte);
+  if (V.defined()) cls = cls.masked_fill(V.logical_not(), 2);
+  const at::Tensor by_relevance =
+      std::get<1>(R.masked_fill(cls != 0, 0).sort(/*stable=*/true, /*dim=*/1, /*descending=*/true));
+  // all three arguments: sort(true, 1) would resolve to sort(dim = 1, descending = true)
+  const at::Tensor by_class =
+      std::get<1>(cls.gather(1, by_relevance).sort(/*stable=*/true, /*dim=*/1, /*descending=*/false));
+  const at::Tensor order = by_relevance.gather(1, by_class).contiguous();
   const at::Tensor n_valid =
       (V.defined() ? V.sum(1) : at::full({R.size(0)}, R.size(1), R.options().dtype(at::kLong))).to(at::kLong);
   return {order, n_valid};

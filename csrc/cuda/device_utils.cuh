@@ -38,11 +38,29 @@ template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <typename Out> __device__ __forceinline__ Out from_acc(double x) { return x; }
 
-// The pair-term flavour and accumulator of each input dtype.
-template <typename In> struct Traits { using Acc = float; using Sig = PairSigmoid<float>; };
-template <> struct Traits<double> { using Acc = double; using Sig = PairSigmoid<double>; };
-template <> struct Traits<__half> { using Acc = float; using Sig = FastPairSigmoid; };
-template <> struct Traits<__nv_bfloat16> { using Acc = float; using Sig = FastPairSigmoid; };
+// The accumulator and pair-term flavours of each input dtype: Sig for the sigmoid (forward),
+// GradSig for sigma' (backward). float16 / bfloat16 take the one-op tanh sigmoid forward, but the
+// float32 sigma' backward: the tanh form of sigma' cancels (see FastPairSigmoid).
+template <typename In> struct Traits {
+  using Acc = float;
+  using Sig = PairSigmoid<float>;
+  using GradSig = PairSigmoid<float>;
+};
+template <> struct Traits<double> {
+  using Acc = double;
+  using Sig = PairSigmoid<double>;
+  using GradSig = PairSigmoid<double>;
+};
+template <> struct Traits<__half> {
+  using Acc = float;
+  using Sig = FastPairSigmoid;
+  using GradSig = PairSigmoid<float>;
+};
+template <> struct Traits<__nv_bfloat16> {
+  using Acc = float;
+  using Sig = FastPairSigmoid;
+  using GradSig = PairSigmoid<float>;
+};
 
 template <typename In>
 struct RowReader {

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/device_utils.cuh"
 #include "cuda/launch.cuh"
@@ -25,7 +26,7 @@ template <typename In, typename Coef, bool kGrad>
 __device__ void sweep_row(const RowReader<In>& rows, const Coef* coef, int64_t q, int64_t j0,
                           typename Traits<In>::Acc scale, typename Traits<In>::Acc (&acc)[kCols]) {
   using Acc = typename Traits<In>::Acc;
-  using Sig = typename Traits<In>::Sig;
+  using Sig = std::conditional_t<kGrad, typename Traits<In>::GradSig, typename Traits<In>::Sig>;
   __shared__ Acc tile_w[kTile];
   __shared__ Acc tile_c[kGrad ? kTile : 1];
   const int64_t n = rows.cols;
@@ -49,7 +50,7 @@ __device__ void sweep_row(const RowReader<In>& rows, const Coef* coef, int64_t q
 #pragma unroll 4
     for (int i = 0; i < count; ++i) {
       const Acc wk = tile_w[i];
-      if (kGrad) {
+      if constexpr (kGrad) {
         const Acc ck = tile_c[i];
 #pragma unroll
         for (int t = 0; t < kCols; ++t) acc[t] += Sig::grad(wk - wj[t]) * (ck - cj[t]);
@@ -59,10 +60,33 @@ __device__ void sweep_row(const RowReader<In>& rows, const Coef* coef, int64_t q
       }
     }
   }
-  if (!kGrad) {
+  if constexpr (!kGrad) {
 #pragma unroll
     for (int t = 0; t < kCols; ++t) acc[t] -= Sig::value(Acc(0));  // the k == j term
   }
+}
+
+// One row as column_sum (ranking_math.h) reads it: staged scores, coefficients, validity.
+template <typename In, typename Coef, typename Acc>
+struct DeviceRow {
+  RowReader<In> rows;
+  const Coef* coef;
+  int64_t q;
+  Acc scale;
+  __device__ Acc w(int64_t k) const { return rows.staged(q, k, scale); }
+  __device__ Acc c(int64_t k) const { return static_cast<Acc>(to_acc(coef[q * rows.cols + k])); }
+  __device__ bool live(int64_t k) const { return rows.is_valid(q, k); }
+};
+
+// The sum of column j over the other valid candidates, pair by pair, if its staged score is
+// infinite (its sweep sum holds the k == j term inf - inf): true and the sum in `sum`. Rare, and
+// run after the sweep's results are stored, so that they are not live across this loop.
+template <typename Sig, bool kGrad, typename In, typename Coef, typename Acc>
+__device__ __forceinline__ bool infinite_column(const RowReader<In>& rows, const Coef* coef, int64_t q, int64_t j,
+                                                Acc scale, Acc& sum) {
+  if (j >= rows.cols || !rows.is_valid(q, j) || !isinf(rows.staged(q, j, scale))) return false;
+  sum = column_sum<Sig, kGrad, Acc>(DeviceRow<In, Coef, Acc>{rows, coef, q, scale}, rows.cols, j);
+  return true;
 }
 
 template <typename In, typename Out>
@@ -78,6 +102,13 @@ __global__ void __launch_bounds__(kThreads) rank_kernel(RowReader<In> rows, int6
       const int64_t j = j0 + t * kThreads;
       if (j < rows.cols) out[q * rows.cols + j] = from_acc<Out>(rows.is_valid(q, j) ? Acc(1) + acc[t] : Acc(0));
     }
+#pragma unroll
+    for (int t = 0; t < kCols; ++t) {
+      const int64_t j = j0 + t * kThreads;
+      Acc sum;
+      if (infinite_column<typename Traits<In>::Sig, false>(rows, static_cast<const NoCoef*>(nullptr), q, j, scale, sum))
+        out[q * rows.cols + j] = from_acc<Out>(Acc(1) + sum);
+    }
   }
 }
 
@@ -85,7 +116,8 @@ template <typename In, typename Coef, typename Out>
 __global__ void __launch_bounds__(kThreads) grad_kernel(RowReader<In> rows, int64_t n_rows, const Coef* coef,
                                                         double tau, Out* out) {
   using Acc = typename Traits<In>::Acc;
-  const Acc scale = Traits<In>::Sig::scale(static_cast<Acc>(tau));
+  using Sig = typename Traits<In>::GradSig;
+  const Acc scale = Sig::scale(static_cast<Acc>(tau));
   const Acc inv_tau = static_cast<Acc>(1.0 / tau);
   const int64_t j0 = static_cast<int64_t>(blockIdx.x) * kThreads * kCols + threadIdx.x;
   for (int64_t q = blockIdx.y; q < n_rows; q += gridDim.y) {
@@ -95,6 +127,13 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(RowReader<In> rows, int6
     for (int t = 0; t < kCols; ++t) {
       const int64_t j = j0 + t * kThreads;
       if (j < rows.cols) out[q * rows.cols + j] = from_acc<Out>(rows.is_valid(q, j) ? inv_tau * acc[t] : Acc(0));
+    }
+#pragma unroll
+    for (int t = 0; t < kCols; ++t) {
+      const int64_t j = j0 + t * kThreads;
+      Acc sum;
+      if (infinite_column<Sig, true>(rows, coef, q, j, scale, sum))
+        out[q * rows.cols + j] = from_acc<Out>(inv_tau * sum);
     }
   }
 }
@@ -119,17 +158,21 @@ __global__ void __launch_bounds__(kThreads) ndcg_gain_kernel(const Acc* relevanc
   }
 }
 
-// DCG and loss of a row; with coef != nullptr also d loss / d Rhat of each candidate.
+// DCG and loss of a row; with coef != nullptr also d loss / d Rhat of each candidate. The gain set
+// is the first set_size[q] of the relevance order (a gain of 0 still counts: 0 * a NaN rank is NaN,
+// as on the CPU); every column is visited once through the order.
 template <typename Acc, typename Out>
 __global__ void __launch_bounds__(kThreads) ndcg_loss_kernel(const Acc* gain, const Acc* rhat, const Acc* idcg,
+                                                             const int64_t* order, const int64_t* set_size,
                                                              int64_t n_rows, int64_t n, Out* loss, Acc* coef) {
   for (int64_t q = blockIdx.x; q < n_rows; q += gridDim.x) {
     const Acc ideal = idcg[q];
     Acc dcg = 0;
-    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
-      const Acc g = gain[q * n + j];
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+      const int64_t j = order[q * n + i];
       Acc c = 0;
-      if (g != Acc(0)) {  // only gain-set candidates (masked ones have rank 0)
+      if (i < set_size[q]) {
+        const Acc g = gain[q * n + j];
         dcg += g * ndcg_discount(rhat[q * n + j]);
         if (ideal > Acc(0) || ideal != ideal) c = ndcg_rank_grad(g, rhat[q * n + j], ideal);
       }
@@ -183,8 +226,8 @@ cudaError_t smooth_ndcg(Matrix scores, const bool* valid, const void* relevance_
     launch<ndcg_gain_kernel<Acc>>(row_grid(q), kThreads, stream, static_cast<const Acc*>(relevance_acc), order,
                                                                 set_size, q, n, linear_gain, gain, ideal);
     launch<rank_kernel<In, Acc>>(sweep_grid(q, n), kThreads, stream, rows, q, tau, rhat);
-    launch<ndcg_loss_kernel<Acc, In>>(row_grid(q), kThreads, stream, gain, rhat, ideal, q, n, static_cast<In*>(loss),
-                                                                    grad ? coef : nullptr);
+    launch<ndcg_loss_kernel<Acc, In>>(row_grid(q), kThreads, stream, gain, rhat, ideal, order, set_size, q, n,
+                                      static_cast<In*>(loss), grad ? coef : nullptr);
     if (grad)
       launch<grad_kernel<In, Acc, In>>(sweep_grid(q, n), kThreads, stream, rows, q, coef, tau, static_cast<In*>(grad));
   });

@@ -39,7 +39,8 @@ ITR_HD double log2_(double x) { return log2(x); }
 // 2^t on the CPU: branch-free (ternaries, bit arithmetic) so that gcc vectorises the pair loops.
 // Degree-5 fit of 2^f on [-1/2, 1/2], relative error 1.5e-7. t is clamped to [-64, 64]: every
 // intermediate stays a normal float (subnormals are slow), and a pair farther apart than that
-// contributes below 5.4e-20, invisible next to a rank >= 1 (masked candidates are staged as -inf).
+// contributes below 5.4e-20, invisible next to a rank >= 1. (The CPU sweeps never see a masked
+// candidate: rows are compacted to their valid candidates, so masked ones add exactly 0.)
 inline float exp2_poly(float t) {
   t = t < -64.f ? -64.f : t;
   t = t > 64.f ? 64.f : t;
@@ -122,16 +123,15 @@ template <>
 struct PairSigmoid<float> {
   static ITR_HD float scale(float tau) { return static_cast<float>(kLog2e) / tau; }
 #if defined(ITR_DEVICE_CODE)
-  // ex2.approx (2 ulp) on the special-function unit; |d| <= 64 keeps 1 + e in recip_fma's range.
-  // Ternaries, not fminf/fmaxf, so that a NaN score stays NaN.
-  static __device__ __forceinline__ float exp2_neg(float d) {
-    d = d < -64.f ? -64.f : d;
-    d = d > 64.f ? 64.f : d;
-    return ex2_approx(-d);
+  // ex2.approx (2 ulp) on the special-function unit. value: below d = -64 the term is taken as 0
+  // (it is < 5.4e-20), which keeps 1 + e in recip_fma's range [1, 2^64] and makes a masked
+  // candidate (staged -inf, so d = -inf) add exactly 0; a ternary, so that a NaN d stays NaN.
+  // grad: e = 2^-|d| in [0, 1] needs no clamp, and is exactly 0 at d = +-inf.
+  static __device__ __forceinline__ float value(float d) {
+    return d < -64.f ? 0.f : recip_fma(1.f + ex2_approx(-d));
   }
-  static __device__ __forceinline__ float value(float d) { return recip_fma(1.f + exp2_neg(d)); }
   static __device__ __forceinline__ float grad(float d) {
-    const float e = exp2_neg(d);
+    const float e = ex2_approx(-fabsf(d));
     const float r = recip_fma(1.f + e);
     return e * r * r;
   }
@@ -152,19 +152,39 @@ struct PairSigmoid<float> {
 };
 
 #if defined(ITR_CUDA_SOURCE)
-// float16 / bfloat16 inputs on the GPU: sigma(x) = (1 + tanh(x/2)) / 2, one special-function op
-// per pair; tanh.approx's 2^-11 relative error is below the inputs' own resolution.
+// float16 / bfloat16 inputs on the GPU, forward only: sigma(x) = (1 + tanh(x/2)) / 2, one
+// special-function op per pair; tanh.approx's 2^-11 relative error is below the inputs' own
+// resolution, and tanh(-inf) = -1 makes a masked candidate add exactly 0. There is no grad here:
+// sigma' = (1 - t^2) / 4 cancels as t -> +-1 (t within an ulp of 1 from |x| ~ 18 on, and
+// tanh.approx's error near +-1 would add up to ~2.4e-4 per far-apart pair), so the backward of
+// these dtypes uses PairSigmoid<float>::grad (device_utils.cuh, Traits::GradSig).
 struct FastPairSigmoid {
   static __host__ __device__ __forceinline__ float scale(float tau) { return 0.5f / tau; }
 #if defined(ITR_DEVICE_CODE)
   static __device__ __forceinline__ float value(float d) { return fmaf(0.5f, tanh_approx(d), 0.5f); }
-  static __device__ __forceinline__ float grad(float d) {
-    const float t = tanh_approx(d);
-    return fmaf(-0.25f, t * t, 0.25f);
-  }
 #endif
 };
 #endif
+
+// The sum over the other valid candidates k of a column j, pair by pair:
+// sum_{k != j, live k} sigma(w_k - w_j), or with kGrad sum sigma'(w_k - w_j) * (c_k - c_j).
+// The sweeps compute a column's sum over the whole row and drop the k == j term as sigma(0); for a
+// column whose staged score is infinite that term is inf - inf, so such columns (rare) take this
+// loop instead. Row: w(k), c(k) and live(k) of the staged row.
+template <typename Sig, bool kGrad, typename T, typename Row>
+ITR_HD T column_sum(const Row& row, int64_t n, int64_t j) {
+  const T wj = row.w(j);
+  T acc = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    if (k == j || !row.live(k)) continue;
+    if constexpr (kGrad) {
+      acc += Sig::grad(row.w(k) - wj) * (row.c(k) - row.c(j));
+    } else {
+      acc += Sig::value(row.w(k) - wj);
+    }
+  }
+  return acc;
+}
 
 // ---- Smooth-NDCG (docs/smooth_rank_ndcg.md §2) ----
 
@@ -187,11 +207,12 @@ ITR_HD T ndcg_rank_grad(T gain, T rhat, T idcg) {
   return gain / (idcg * T(kLn2) * (T(1) + rhat) * l * l);
 }
 
-// Per-row loss: 0 for a row without gain (IDCG == 0), NaN propagates from NaN relevance.
+// Per-row loss: 0 for a row without gain (IDCG <= 0), unless NaN entered the sums: NaN relevance
+// (IDCG), or a NaN rank (DCG; a NaN score, or two equal infinite scores).
 template <typename T>
 ITR_HD T ndcg_row_loss(T dcg, T idcg) {
   if (idcg > T(0)) return T(1) - dcg / idcg;
-  return idcg == idcg ? T(0) : idcg;
+  return idcg == idcg && dcg == dcg ? T(0) : dcg + idcg;
 }
 
 // Gain-set order (docs/README.md: ties to the lower column first), NaN relevance sorted last.
