@@ -28,7 +28,7 @@ class Case:
     regime: str
     seed: int
     masked: str            # "none", "random" (fully masked rows included), "all" (a mask of True)
-    rel_kind: str          # "grid" (1/64, many ties), "coarse" (1/4), "distinct" (no ties in a row), "zeros"
+    rel_kind: str          # "grid" (1/64, many ties), "coarse" (1/4), "distinct" (no ties in the matrix when it fits 65 levels), "zeros"
     specials: tuple = ()   # ((kind, row, col), ...), kind in "nan", "+inf", "-inf"
     extra: dict = field(default_factory=dict)
 
