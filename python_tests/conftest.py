@@ -13,8 +13,12 @@ import torch  # noqa: E402
 
 import cuda_emu  # noqa: E402
 from hypothesis import settings as hypothesis_settings  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
 
-# No example database (it would be written to .hypothesis/ in the checkout): runs replay from the seed.
+# No example database (runs replay from the seed), and Hypothesis' other files (its constants cache)
+# under build/, not in .hypothesis/ of the checkout.
+set_hypothesis_home_dir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build",
+                                     "hypothesis"))
 hypothesis_settings.register_profile("itr_kernels", database=None)
 hypothesis_settings.load_profile("itr_kernels")
 
