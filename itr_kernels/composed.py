@@ -34,7 +34,7 @@ class TripletSNITRLoss(_BothDirections):
         average of the two directions' means.
     """
 
-    def __init__(self, margin: float = 0.2, temperature: float = 0.01, rho: float = 1.0):
+    def __init__(self, margin: float = 0.2, temperature: float = 0.01, rho: float = 1.0) -> None:
         super().__init__()
         self.triplet = TripletSNLoss(margin, temperature, rho)
 
@@ -113,7 +113,7 @@ class ContinuousLabelLoss(_BothDirections):
     parts = sys.modules[__name__]   # where base and term names find their classes
 
     def __init__(self, base: str | nn.Module = "triplet", term: str | nn.Module = "sndcg",
-                 weight: float | None = None, mix: str | None = None, **kwargs: Any):
+                 weight: float | None = None, mix: str | None = None, **kwargs: Any) -> None:
         super().__init__()
         unknown = sorted(set(kwargs) - set(self.accepted_arguments(base, term)))
         if unknown:

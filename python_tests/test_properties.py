@@ -1143,3 +1143,29 @@ def test_triplet_sn_rho_without_relevance_and_rho_inf():
     strategy = cases(min_q=1, max_q=6, square=True, dtypes=(torch.float64, torch.float32), specials=(),
                      regimes=("normal",), extra=dict(rho=S([0.0, 0.25, 0.5, 1.0, -3.0])))
     check(strategy, body, 15)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_low_precision_scaled_scores_do_not_overflow(dtype):
+    """S / T (ListNet) and the learned logit scale times S (InfoNCELoss) run in float32: in the
+    scores' dtype they passed float16's 65504 and gave inf - inf = NaN where the loss is finite."""
+    s = torch.tensor([[0.5, 0.75, 0.875], [0.25, 0.5, 0.5]], dtype=dtype).requires_grad_()
+    rel = torch.tensor([[0.0, 0.5, 1.0], [1.0, 0.0, 0.25]])
+    out = ik.listnet_loss(s, rel, 1e-5, reduction="none")
+    s64 = s.detach().double().requires_grad_()
+    truth, _ = listnet_truth(s64, rel.double(), 1e-5)
+    (g,), (g64,) = torch.autograd.grad(out.sum(), s), torch.autograd.grad(truth.sum(), s64)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), truth.detach().to(dtype).double(), rtol=1e-2, atol=0)
+    torch.testing.assert_close(g.double(), g64.to(dtype).double(), rtol=1e-2, atol=1e-3)
+
+    s = torch.tensor([[700.0, 700.5], [699.5, 700.0]], dtype=dtype).requires_grad_()
+    module = ik.InfoNCELoss(0.01, learn_temperature=True)   # scale exp(log 100) = 100: 100 * S > 65504
+    out = module(s)
+    scale = float(torch.tensor(math.log(100.0)).exp())
+    s64 = s.detach().double().requires_grad_()
+    truth = reduce_truth(infonce_truth(s64, 1 / scale), None, "mean")
+    (g,), (g64,) = torch.autograd.grad(out, s), torch.autograd.grad(truth, s64)
+    assert out.dtype == dtype and torch.isfinite(out)
+    torch.testing.assert_close(out.double(), truth.detach().to(dtype).double(), rtol=1e-2, atol=0)
+    torch.testing.assert_close(g.double(), g64.to(dtype).double(), rtol=1e-2, atol=1e-3)
