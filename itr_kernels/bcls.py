@@ -108,6 +108,8 @@ def _triplet_sn_rows(scores, relevance, margin, temperature, rho, positives):
     largest negative score (held constant: the loss does not depend on it), and the positive's own
     term's exponent (S_p - m - shift) / T in float64 with S_p - shift exact, so that neither carries
     the eps * |S| / T rounding of (m + S_j - S_p) / T. Then L = T softplus(log(neg) - x_p)."""
+    if scores.shape[1] == 0:   # (0, 0): no row (amax over no column would raise)
+        return scores.sum(dim=1)
     acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
     s = scores.to(acc)
     col = positives.long()[:, None]
