@@ -24,7 +24,7 @@ $(TRAIN_STAMP): requirements-train.txt
 $(STAMP): setup.py pyproject.toml $(shell find csrc -type f -not -path "csrc/cuda_emu/*")
 	@# torch only when missing: an unpinned torch would pull several GB of CUDA packages
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q pytest ninja
+	$(PY) -m pip install -q pytest ninja hypothesis
 	$(PY) -m pip install -q --no-build-isolation -e .
 	@mkdir -p build && touch $@
 

@@ -108,7 +108,7 @@ def _triplet_sn_rows(scores, relevance, margin, temperature, rho, positives):
     largest negative score (held constant: the loss does not depend on it), and the positive's own
     term's exponent (S_p - m - shift) / T in float64 with S_p - shift exact, so that neither carries
     the eps * |S| / T rounding of (m + S_j - S_p) / T. Then L = T softplus(log(neg) - x_p)."""
-    if scores.shape[1] == 0:   # no candidate (then no row either): the empty per-row losses
+    if scores.shape[1] == 0:   # (0, 0): no row (amax over no column would raise)
         return scores.sum(dim=1)
     acc = torch.float64 if scores.dtype == torch.float64 else torch.float32
     s = scores.to(acc)
@@ -307,8 +307,10 @@ def listnet_loss(scores: torch.Tensor, relevance: torch.Tensor, temperature: flo
         tensor(1.3863)
     """
     _listnet_args(scores, relevance, temperature, valid, reduction)
-    logits = scores / temperature
-    target = relevance.to(scores.dtype)
+    # In the accumulator dtype: S / T overflows float16 at small T (1e-5), and the softmaxes lose digits.
+    acc = _ops._acc_dtype(scores)
+    logits = scores.to(acc) / temperature
+    target = relevance.to(acc)
     counted = None
     if valid is not None:
         # A row without valid candidates softmaxes a finite stand-in (0s): no NaN in its value or gradient.
@@ -320,5 +322,6 @@ def listnet_loss(scores: torch.Tensor, relevance: torch.Tensor, temperature: flo
     keep = p != 0 if valid is None else (p != 0) & valid   # masked (and p = 0) terms are 0, even at log q = -inf
     loss = -torch.where(keep, p * torch.where(keep, log_q, 0), 0).sum(dim=1)
     if counted is None:
-        return reduce_rows(loss, None, reduction, reducer)
-    return reduce_rows(torch.where(counted.squeeze(1), loss, 0), counted.squeeze(1), reduction, reducer)
+        return reduce_rows(loss, None, reduction, reducer).to(scores.dtype)
+    return reduce_rows(torch.where(counted.squeeze(1), loss, 0), counted.squeeze(1), reduction,
+                       reducer).to(scores.dtype)

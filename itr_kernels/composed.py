@@ -28,19 +28,16 @@ class TripletSNITRLoss(_BothDirections):
             captions, relevance exactly 1, are not negatives; ``inf``: every j != p).
 
     Shape:
-        forward(scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None, *,
-        reducer=None): square (B, B) ``scores`` (Triplet-SN reads ``relevance_i2t`` for both
-        directions, as BCLSLoss), or rectangular rows of both directions (Q, N) with ``positives``
-        (Q,). The math: docs/bcls.md.
+        forward(scores, relevance_i2t, relevance_t2i=None, positives=None, scores_t2i=None): square
+        (B, B) ``scores`` (Triplet-SN reads ``relevance_i2t`` for both directions, as BCLSLoss), or
+        rectangular rows of both directions (Q, N) with ``positives`` (Q,).
 
     Returns:
-        A scalar: the average of the two directions' means.
+        A scalar: the average of the two directions' means (docs/bcls.md, Triplet-SN).
 
     Example:
         >>> loss_fn = TripletSNITRLoss(margin=0.2, temperature=0.05)
-        >>> s = torch.randn(6, 6)
-        >>> loss_fn(s, torch.eye(6)).shape
-        torch.Size([])
+        >>> loss = loss_fn(torch.randn(8, 8), torch.rand(8, 8))
     """
 
     def __init__(self, margin: float = 0.2, temperature: float = 0.01, rho: float = 1.0) -> None:
@@ -109,11 +106,11 @@ class ContinuousLabelLoss(_BothDirections):
         in-batch (B, B) ``scores`` (positives on the diagonal; ``relevance_t2i`` defaults to
         ``relevance_i2t.T``), or, with ``positives`` (Q,) (the column of each row's positive),
         rectangular image-to-text rows ``scores`` and text-to-image rows ``scores_t2i`` (Q, N)
-        against a global batch (itr_kernels.distributed). Relevance (Q, N) in [0, 1]. The math of
-        the parts: docs/contrastive.md, docs/bcls.md, docs/smooth_rank_ndcg.md.
+        against a global batch (itr_kernels.distributed). Relevance (Q, N) in [0, 1].
 
     Returns:
-        A scalar.
+        A scalar (the terms: docs/smooth_rank_ndcg.md for S-NDCG, docs/bcls.md for Kendall and
+        Triplet-SN).
 
     Example:
         >>> loss_fn = ContinuousLabelLoss("infonce", "kendall", weight=0.5, temperature=0.05)
@@ -206,7 +203,7 @@ class ContinuousLabelLoss(_BothDirections):
     def _pair_reduction(self):
         return self.base._pair_reduction
 
-    def extra_repr(self) -> str:
+    def extra_repr(self):
         return f"weight={self.weight}, mix={self.mix!r}"
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import _validate as check
-from . import bcls, losses
+from . import _ops, bcls, losses
 from .losses import Reducer
 
 
@@ -291,8 +291,11 @@ class InfoNCELoss(_BothDirections):
     def _pair_loss(self, scores, relevance, positives=None, reducer=None, logit_scale=None):
         scale = logit_scale
         if scale is not None:   # a tensor scale's gradient flows through the product
-            scores = scores * (scale.to(scores.dtype) if isinstance(scale, torch.Tensor) else float(scale))
-            return losses.infonce_loss(scores, 1.0, "mean", positives, reducer=reducer)
+            # float16 / bfloat16 scores: the product in float32 (scale * S overflows float16 at
+            # scale 100 and |S| > 655), the loss returned in the scores' dtype.
+            acc = _ops._acc_dtype(scores)
+            scaled = scores.to(acc) * (scale.to(acc) if isinstance(scale, torch.Tensor) else float(scale))
+            return losses.infonce_loss(scaled, 1.0, "mean", positives, reducer=reducer).to(scores.dtype)
         return losses.infonce_loss(scores, self.temperature, "mean", positives, reducer=reducer)
 
     _pair_reduction = "mean"

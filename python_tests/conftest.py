@@ -12,6 +12,15 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import cuda_emu  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+# No example database (runs replay from the seed), and Hypothesis' other files (its constants cache)
+# under build/, not in .hypothesis/ of the checkout.
+set_hypothesis_home_dir(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build",
+                                     "hypothesis"))
+hypothesis_settings.register_profile("itr_kernels", database=None)
+hypothesis_settings.load_profile("itr_kernels")
 
 # Fresh inputs every run; a failing run is replayed with ITR_TEST_SEED=<the seed in the header>.
 SEED = int(os.environ.get("ITR_TEST_SEED", random.SystemRandom().randrange(2**31)))

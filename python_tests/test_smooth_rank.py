@@ -178,3 +178,19 @@ def test_infinite_score_in_smooth_ap(device):
     rank_pos = [2.0, 1.0]           # among the positives
     expected = 1 - (rank_pos[0] / rank_all[0] + rank_pos[1] / rank_all[1]) / 2
     assert ik.smooth_ap_loss(scores, positives, tau=0.1).item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gap", [1.0, 30.0, 50.0, 80.0, 1e4])
+def test_far_apart_pair_gradient(gap, dtype, device):
+    """sigma' of a pair far apart (|s_k - s_j| / tau = gap): e^-gap / tau, exactly 0 once it
+    underflows. The CPU's clamped 2^t once left 2^-64 there, which 1 / tau = 1e30 turned into 5e10."""
+    tau = 1e-30
+    s64 = torch.tensor([[0.0, gap * tau]], dtype=torch.float64)
+    s = s64.to(device, dtype).requires_grad_()
+    ik.smooth_rank(s, tau).backward(torch.tensor([[1.0, 0.0]], device=device, dtype=dtype))
+    d = float(s.detach()[0, 1].double()) / tau   # the pair's scaled gap after rounding
+    e = math.exp(-abs(d))
+    g = e / (1 + e) ** 2 / tau                    # d rank_0 / d s_1 = sigma'(d) / tau
+    truth = torch.tensor([[-g, g]], dtype=torch.float64)
+    torch.testing.assert_close(s.grad.double().cpu(), truth, rtol=1e-5, atol=0)

@@ -116,8 +116,11 @@ void grad_row(const T* w, const T* a, int64_t n, T* out) {
   }
 }
 
-// Whole-row sweeps need enough rows to keep every thread busy; otherwise rows are split in chunks.
-inline bool rows_fill_threads(int64_t rows) { return rows >= 2 * at::get_num_threads(); }
+// Whole-row sweeps (each pair once) when there are enough rows to share among threads; otherwise
+// one sweep per column, rows split in chunks. Chosen by the shape only, never the thread count:
+// the two sum in different orders, and results must not depend on torch.set_num_threads.
+constexpr int64_t kWholeRowsMinRows = 16;
+inline bool rows_fill_threads(int64_t rows) { return rows >= kWholeRowsMinRows; }
 
 // Runs f(q, begin, end) on column ranges of every row, in parallel over (row, chunk) so that
 // both many short rows and a few long rows keep every thread busy. pairs_per_col sizes the grain.

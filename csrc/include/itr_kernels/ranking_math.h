@@ -143,10 +143,15 @@ struct PairSigmoid<float> {
     fwd = 1.f / (1.f + e);
     rev = e * fwd;
   }
+  // sigma'(d) = e / (1 + e)^2 with e = 2^-|d| = h^2, from h = 2^(-|d|/2): exact to |d| = 125 with
+  // every intermediate a normal float. Past that sigma' < 2^-125 is exactly 0 (a select, so a
+  // NaN d stays NaN): exp2_poly's clamp would otherwise leave 2^-64, which 1 / tau scales up
+  // (tau = 1e-30: a gradient of 1e10 between two far-apart scores whose true one is 0).
   static float grad(float d) {
-    const float e = exp2_poly(-d);
-    const float r = 1.f / (1.f + e);
-    return e * r * r;
+    const float ad = fabsf(d) > 125.f ? 125.f : fabsf(d);
+    const float h = exp2_poly(-0.5f * ad);
+    const float g = h / (1.f + h * h);
+    return fabsf(d) > 125.f ? 0.f : g * g;
   }
 #endif
 };
