@@ -464,6 +464,8 @@ def prepare(checkpoint_path, cfg, log=print):
     from .data.loading import load_data, pick_device
     from .vse import VSEModel
     _check_protocol(cfg)
+    if cfg["num_threads"] > 0:
+        torch.set_num_threads(cfg["num_threads"])
     device = pick_device(cfg["device"])
     ckpt = checkpoint.load(checkpoint_path)
     tcfg = dict(ckpt["config"], progress=False)
