@@ -1,5 +1,10 @@
 """LeaPRR re-ranking: pillar features and the neighbour graph against brute-force loops, the
-top-K-only guarantee, learning on a tiny problem, and bad inputs."""
+top-K-only guarantee, learning on a tiny problem, the ceiling against every re-ordering,
+cross-fitting (no fold scored by a model that saw it, caching, folds=0 as before), and bad inputs."""
+import itertools
+import math
+import os
+
 import pytest
 import torch
 
@@ -86,7 +91,7 @@ def test_training_reduces_loss(gen):
     owner = torch.arange(n_img * m) // m
     cfg = dict(k_i2t=8, k_t2i=4, pillars=8, neighbours=4, dim=32, depth=1, heads=2, dropout=0.0, lr=0.05,
                weight_decay=0.0, batch_size=32, epochs=15, nce_temperature=0.5, margin=0.2, align_weight=1.0, seed=0)
-    _, history = rerank.train_rerankers(s, owner, cfg, log=lambda *_: None)
+    _, history = rerank.train_rerankers([(s, owner)], cfg, log=lambda *_: None)
     assert all(torch.isfinite(torch.tensor(history)))
     assert history[-1] < 0.8 * history[0], history
 
@@ -142,3 +147,256 @@ def test_command_end_to_end_on_a_trained_model(tmp_path, train_split):
     assert report["after"]["i2t_r10"] == pytest.approx(report["before"]["i2t_r10"])
     with pytest.raises(SystemExit, match="train_split"):
         rerank.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "train_split=test"])
+
+
+# ------------------------------------------------------------------------------------------
+# The ceiling: the best any re-ordering of each query's top-K reaches
+
+
+class _Split:
+    """What evaluate_reranking reads of a split: caption owners and the i2t relevance."""
+
+    def __init__(self, owner, relevance):
+        self.owner, self._rel = owner, relevance
+
+    def relevance(self):
+        return self._rel
+
+
+def _best_over_permutations(scores, positives, relevance, k, ks=(1, 5, 10), ndcg_k=10):
+    """float64 truth by enumeration: per query, the best recall@k hits and NDCG@ndcg_k over every
+    order of its top-k candidates (the rest in base order), then their means."""
+    n_q, n_c = scores.shape
+    hits = {kk: 0.0 for kk in ks}
+    ndcg = 0.0
+    for q in range(n_q):
+        order = sorted(range(n_c), key=lambda j: -scores[q, j].item())
+        top, rest = order[:k], order[k:]
+        gain = [2.0 ** relevance[q, j].item() - 1 for j in range(n_c)]
+        ideal = sum(g / math.log2(r + 2) for r, g in enumerate(sorted(gain, reverse=True)[:ndcg_k]))
+        best_rank, best_dcg = n_c, 0.0
+        for perm in itertools.permutations(top):
+            full = list(perm) + rest
+            first = next((r for r, j in enumerate(full) if positives[q, j]), n_c)
+            best_rank = min(best_rank, first)
+            best_dcg = max(best_dcg, sum(gain[j] / math.log2(r + 2) for r, j in enumerate(full[:ndcg_k])))
+        for kk in ks:
+            hits[kk] += best_rank < kk
+        ndcg += best_dcg / ideal
+    return {kk: 100.0 * h / n_q for kk, h in hits.items()}, ndcg / n_q
+
+
+def _random_problem(gen, n_img=7, m=2):
+    s_it, s_ii, s_tt = sims(gen, n_img=n_img, m=m)
+    owner = torch.arange(n_img * m) // m
+    rel = torch.rand(n_img, n_img * m, generator=gen, dtype=torch.float64)
+    rel[rel > 0.75] = 1.0                              # RSC: another image's caption worded like its own
+    rel[owner, torch.arange(n_img * m)] = 1.0          # RSC: a caption is fully relevant to its own image
+    return {"i2t": s_it.float(), "i2i": s_ii.float(), "t2t": s_tt.float()}, owner, rel
+
+
+@pytest.mark.parametrize("k_i2t,k_t2i", [(4, 3), (5, 2)])
+def test_ceiling_is_the_best_reordering_and_bounds_before_and_after(gen, k_i2t, k_t2i):
+    s, owner, rel = _random_problem(gen)
+    cfg = dict(k_i2t=k_i2t, k_t2i=k_t2i, pillars=3, neighbours=2)
+    models = {d: rerank.PillarReranker(pillars=3, dim=8, depth=1, heads=2) for d in ("i2t", "t2i")}
+    res = rerank.evaluate_reranking(models, s, _Split(owner, rel), cfg, k=10)
+    pos = (owner[None, :] == torch.arange(7)[:, None])
+    for d, sc, p, r, k in (("i2t", s["i2t"], pos, rel, k_i2t), ("t2i", s["i2t"].T, pos.T, rel.T, k_t2i)):
+        recall, ndcg = _best_over_permutations(sc.double(), p, r, k)
+        for kk, v in recall.items():
+            assert res["ceiling"][f"{d}_r{kk}"] == pytest.approx(v, abs=1e-9), (d, kk)
+        assert res["ceiling"][f"{d}_ndcg@10"] == pytest.approx(ndcg, abs=1e-9), d
+    for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "rsum", "ndcg@10", "i2t_ndcg@10", "t2i_ndcg@10"):
+        assert res["ceiling"][key] >= res["after"][key] - 1e-9, key
+        assert res["ceiling"][key] >= res["before"][key] - 1e-9, key
+
+
+def test_oracle_scores_order_matches_then_relevance():
+    s = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.1]])
+    br = rerank.make_branch(s, torch.ones(1, 1), torch.eye(5), k=4, pillars=1, neighbours=1)
+    pos = torch.tensor([[False, False, True, False, True]])
+    rel = torch.tensor([[0.2, 0.9, 1.0, 0.5, 1.0]], dtype=torch.float64)
+    sc = rerank.oracle_scores(br, pos, rel)          # candidates 0, 1, 2, 3: the match 2, then 1, 3, 0
+    assert [br.cand[0, j].item() for j in torch.argsort(sc[0], descending=True)] == [2, 1, 3, 0]
+
+
+# ------------------------------------------------------------------------------------------
+# Cross-fitting
+
+
+@pytest.mark.parametrize("n,folds", [(10, 2), (11, 3), (96, 5)])
+def test_fold_assignment_partitions_evenly_and_is_seeded(n, folds):
+    f = rerank.fold_assignment(n, folds, seed=3)
+    sizes = torch.bincount(f, minlength=folds)
+    assert f.shape == (n,) and int(f.min()) == 0 and int(f.max()) == folds - 1
+    assert int(sizes.max() - sizes.min()) <= 1 and int(sizes.sum()) == n
+    assert torch.equal(f, rerank.fold_assignment(n, folds, seed=3))
+    assert not torch.equal(f, rerank.fold_assignment(n, folds, seed=4))
+
+
+def test_groups_never_mix(gen):
+    """A step's queries and candidates come from one group: queries index that group's items."""
+    groups = []
+    for n_img in (40, 24):
+        s_it, s_ii, s_tt = sims(gen, n_img=n_img, m=2)
+        groups.append(({"i2t": s_it.float(), "i2i": s_ii.float(), "t2t": s_tt.float()},
+                       torch.arange(2 * n_img) // 2))
+    seen = []
+    original = rerank.PillarReranker.score
+
+    def spy(self, br, queries):
+        seen.append((br.s_ab.shape[0], int(queries.max())))
+        return original(self, br, queries)
+
+    cfg = dict(k_i2t=6, k_t2i=4, pillars=4, neighbours=3, dim=16, depth=1, heads=2, dropout=0.0, lr=0.05,
+               weight_decay=0.0, batch_size=16, epochs=2, nce_temperature=0.5, margin=0.2, align_weight=1.0, seed=0)
+    rerank.PillarReranker.score = spy
+    try:
+        _, history = rerank.train_rerankers(groups, cfg, log=lambda *_: None)
+    finally:
+        rerank.PillarReranker.score = original
+    assert all(q < n for n, q in seen)
+    assert {n for n, _ in seen} == {40, 80, 24, 48}  # i2t and t2i queries of both groups
+    assert len(history) == 2 and all(math.isfinite(h) for h in history)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from itr_kernels.app import train
+    from test_train import cfg_for, make_tiny_data
+    tmp = tmp_path_factory.mktemp("rerank")
+    data = make_tiny_data(tmp)
+    train.run(cfg_for(data, tmp / "run", epochs=2), log=lambda *_: None)
+    return tmp / "run" / "best.pt"
+
+
+def _load_splits(ckpt_path):
+    from itr_kernels.app import checkpoint
+    from itr_kernels.app.data.loading import load_data
+    cfg = checkpoint.load(str(ckpt_path))["config"]
+    return cfg, load_data(cfg, torch.device("cpu"), lambda *_: None)
+
+
+def test_out_of_fold_models_never_saw_their_fold_and_are_cached(tiny_run, tmp_path):
+    from itr_kernels.app import checkpoint, train
+    from itr_kernels.app.vse import VSEModel
+    base_cfg, splits = _load_splits(tiny_run)
+    full = splits["train"]
+    calls = []
+
+    def spy(cfg, log, splits, rank_metrics):
+        report = train.run(cfg, log=log, splits=splits, rank_metrics=rank_metrics)
+        ck = checkpoint.load(os.path.join(cfg["out_dir"], "best.pt"))
+        model = VSEModel(full.images.shape[-1], full.texts.shape[1], cfg["embed_dim"], cfg["hidden"], cfg["dropout"])
+        model.load_state_dict(ck["model"])
+        model.eval()
+        with torch.no_grad():    # the held-out fold scored by this model, in float64
+            img = model.double().embed_images(splits["test"].images.double())
+            txt = model.embed_texts(splits["test"].texts.double())
+        calls.append((splits, img @ txt.T))
+        return report
+
+    folds = 3
+    out = rerank.out_of_fold_similarities(base_cfg, splits, folds, seed=5, cache_dir=str(tmp_path), device="cpu",
+                                          progress=False, train_fn=spy)
+    assert not out["cached"] and len(out["groups"]) == folds == len(calls)
+    fold = rerank.fold_assignment(full.n_images, folds, 5)
+    assert torch.equal(out["fold"], fold)
+    index_of = {tuple(r): i for i, r in enumerate(full.images.tolist())}
+    assert len(index_of) == full.n_images                       # images are told apart by their features
+
+    def originals(split):
+        """The training-split indices of a split's images, and whether its captions are theirs."""
+        idx = torch.tensor([index_of[tuple(r)] for r in split.images.tolist()])
+        caps = (idx[:, None] * full.m + torch.arange(full.m)).reshape(-1)
+        return set(idx.tolist()), torch.equal(split.texts, full.texts[caps])
+
+    for f, ((sims_f, owner_f), (seen, truth)) in enumerate(zip(out["groups"], calls)):
+        mine = torch.nonzero(fold == f).squeeze(1)
+        trained_on, own_caps_train = originals(seen["train"])
+        held, own_caps_held = originals(seen["test"])
+        assert held == set(mine.tolist())                         # the fold's images are the ones scored
+        assert not (trained_on & held)                            # and the model never trained on them
+        assert trained_on | held == set(range(full.n_images))     # it trained on every other image
+        assert own_caps_train and own_caps_held                   # each with its own captions only
+        assert seen["dev"] is splits["dev"]                       # best checkpoint picked on dev, as train.py does
+        n = len(mine)
+        assert sims_f["i2t"].shape == (n, n * full.m) and sims_f["i2i"].shape == (n, n)
+        assert torch.equal(owner_f, torch.arange(n * full.m) // full.m)
+        torch.testing.assert_close(sims_f["i2t"].double(), truth, atol=1e-5, rtol=1e-5)
+    assert os.listdir(tmp_path) == [os.path.basename(out["path"])]   # fold checkpoints removed, sims kept
+
+    def refuse(*a, **k):
+        raise AssertionError("a cached cross-fit trained again")
+
+    again = rerank.out_of_fold_similarities(base_cfg, splits, folds, seed=5, cache_dir=str(tmp_path), device="cpu",
+                                            progress=False, train_fn=refuse)
+    assert again["cached"] and again["path"] == out["path"] and torch.equal(again["fold"], out["fold"])
+    for (a, oa), (b, ob) in zip(out["groups"], again["groups"]):
+        assert torch.equal(oa, ob) and all(torch.equal(a[n], b[n]) for n in ("i2t", "i2i", "t2t"))
+    with pytest.raises(AssertionError, match="trained again"):      # another seed is another cross-fit
+        rerank.out_of_fold_similarities(base_cfg, splits, folds, seed=6, cache_dir=str(tmp_path), device="cpu",
+                                        progress=False, train_fn=refuse)
+
+
+def test_oof_cache_key_changes_with_what_the_fold_models_depend_on():
+    cfg = {"loss": "listwise", "lr": 5e-4, "seed": 0, "out_dir": "a", "progress": True}
+    key = rerank.oof_cache_key(cfg, 100, 3, 0)
+    assert key == rerank.oof_cache_key(dict(cfg, out_dir="b", progress=False), 100, 3, 0)   # runtime keys
+    for other in (rerank.oof_cache_key(dict(cfg, lr=1e-3), 100, 3, 0), rerank.oof_cache_key(dict(cfg, seed=1), 100, 3, 0),
+                  rerank.oof_cache_key(cfg, 101, 3, 0), rerank.oof_cache_key(cfg, 100, 4, 0),
+                  rerank.oof_cache_key(cfg, 100, 3, 1)):
+        assert other != key
+
+
+def test_folds_zero_fits_on_the_checkpoint_models_own_split(tiny_run, monkeypatch):
+    """folds = 0 is today's protocol: one group, the checkpoint model's similarities of train_split."""
+    from itr_kernels.app import checkpoint
+    from itr_kernels.app.config import CONFIG_DIR, load_config
+    from itr_kernels.app.vse import VSEModel
+    _, splits = _load_splits(tiny_run)
+    ck = checkpoint.load(str(tiny_run))
+    c = ck["config"]
+    model = VSEModel(splits["train"].images.shape[-1], splits["train"].texts.shape[1], c["embed_dim"], c["hidden"],
+                     c["dropout"]).double()
+    model.load_state_dict(ck["model"])
+    model.eval()
+    got = []
+    real = rerank.train_rerankers
+    monkeypatch.setattr(rerank, "train_rerankers", lambda groups, cfg, log: got.append(groups) or real(groups, cfg, log))
+    for split in ("train", "dev"):
+        cfg = load_config(None, ["k_i2t=8", "k_t2i=4", "pillars=8", "neighbours=4", "dim=16", "epochs=1",
+                                 "batch_size=32", f"train_split={split}", "folds=0"], defaults=f"{CONFIG_DIR}/rerank.yaml")
+        cfg["out"] = os.path.join(os.path.dirname(tiny_run), f"r_{split}.json")
+        rerank.run(str(tiny_run), cfg, log=lambda *_: None)
+        (sims_s, owner_s), = got[-1]
+        sp = splits[split]
+        with torch.no_grad():
+            truth = model.embed_images(sp.images.double()) @ model.embed_texts(sp.texts.double()).T
+        torch.testing.assert_close(sims_s["i2t"].double(), truth, atol=1e-5, rtol=1e-5)
+        assert torch.equal(owner_s, sp.owner)
+
+
+def test_command_with_folds_reports_the_ceiling_and_reads_its_cache(tiny_run, tmp_path):
+    from itr_kernels.app.config import CONFIG_DIR, load_config
+    cfg = load_config(None, ["k_i2t=8", "k_t2i=4", "pillars=8", "neighbours=4", "dim=16", "epochs=2",
+                             "batch_size=16", "folds=2", f"cache_dir={tmp_path}", f"out={tmp_path / 'r.json'}",
+                             "progress=false"], defaults=f"{CONFIG_DIR}/rerank.yaml")
+    lines = []
+    report = rerank.run(str(tiny_run), cfg, log=lines.append)
+    assert any(line.startswith("wrote out-of-fold") for line in lines)
+    assert len(report["oof_heldout"]) == 2 and all("rsum" in h for h in report["oof_heldout"])
+    for key in ("rsum", "ndcg@10"):
+        assert report["ceiling"][key] >= max(report["before"][key], report["after"][key]) - 1e-9
+    lines.clear()
+    again = rerank.run(str(tiny_run), cfg, log=lines.append)
+    assert any(line.startswith("read out-of-fold") for line in lines)
+    assert again["after"] == report["after"] and again["train_loss"] == report["train_loss"]
+
+
+@pytest.mark.parametrize("over,match", [(["folds=1"], "folds must be 0"), (["folds=-2"], "folds must be 0"),
+                                        (["folds=3", "train_split=dev"], "folds = 3 cross-fits the training split")])
+def test_bad_protocols(tiny_run, over, match):
+    with pytest.raises(SystemExit, match=match):
+        rerank.main(["--checkpoint", str(tiny_run)] + over)

@@ -21,6 +21,14 @@ Losses (per branch): multi-positive InfoNCE (temperature t), a triplet hinge (th
 negative against every positive, margin 0.2), and a structure-alignment KL: for the pairs (image,
 text) that both branches score in a step, the i2t distribution over an image's candidates and the
 t2i scores of the same pairs (renormalised over those pairs) are pulled together (symmetric KL).
+
+Training similarities (`folds`): by default the base model's own similarities of its training split
+(the public protocol), which it fits far better than unseen data. With `folds >= 2`, cross-fitting
+(as in stacking): the training images are cut into folds, one base model per fold is trained on the
+other folds with the checkpoint's config, and each fold is scored, within itself, by the model that
+never saw it; the re-ranker fits on these out-of-fold similarities (cached next to the checkpoint)
+and is applied to the checkpoint's model on the test split. The report adds a `ceiling`: the
+metrics of the best re-ordering of the same top-K (true matches first, then by true relevance).
 """
 import argparse
 import math
@@ -234,27 +242,42 @@ def apply(model, br, base, batch=2048):
     return rerank_scores(base, br, scores)
 
 
-def train_rerankers(sims, owner, cfg, log=print):
-    """Train the i2t and t2i re-rankers jointly on one split's base similarities.
-    sims: dict with i2t (n_img, n_txt), i2i, t2t; owner: (n_txt,) image index of each caption."""
+def train_rerankers(groups, cfg, log=print):
+    """Train the i2t and t2i re-rankers jointly on base similarities.
+
+    groups: a list of (sims, owner), each one retrieval problem whose queries rank only its own
+    candidates (today's protocol: one group, a whole split; cross-fitting: one per held-out fold);
+    sims: dict with i2t (n_img, n_txt), i2i, t2t; owner: (n_txt,) image index of each caption.
+    A step draws its batch from one group. With one group the batches and random draws are
+    exactly those of a single split (the group order is only shuffled when there are several)."""
+    if isinstance(groups, dict):
+        raise TypeError("train_rerankers: groups must be a list of (sims, owner) pairs, got a dict")
     g = torch.Generator().manual_seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
-    i2t = make_branch(sims["i2t"], sims["i2i"], sims["t2t"], cfg["k_i2t"], cfg["pillars"], cfg["neighbours"])
-    t2i = make_branch(sims["i2t"].T, sims["t2t"], sims["i2i"], cfg["k_t2i"], cfg["pillars"], cfg["neighbours"])
+    branches = []
+    for sims, owner in groups:
+        i2t = make_branch(sims["i2t"], sims["i2i"], sims["t2t"], cfg["k_i2t"], cfg["pillars"], cfg["neighbours"])
+        t2i = make_branch(sims["i2t"].T, sims["t2t"], sims["i2i"], cfg["k_t2i"], cfg["pillars"], cfg["neighbours"])
+        n_img, n_txt = sims["i2t"].shape
+        branches.append((i2t, t2i, owner, n_img, n_txt))
     models = nn.ModuleDict({d: PillarReranker(cfg["pillars"], cfg["dim"], cfg["depth"], cfg["heads"], cfg["dropout"])
                             for d in ("i2t", "t2i")})
     opt = torch.optim.SGD(models.parameters(), lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
-    n_img, n_txt = sims["i2t"].shape
-    m = n_txt // n_img
-    steps = max(1, n_img // cfg["batch_size"]) * cfg["epochs"]
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    bs = cfg["batch_size"]
+    per_epoch = sum(max(1, n_img // bs) for _, _, _, n_img, _ in branches)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, per_epoch * cfg["epochs"])
     history = []
     for epoch in range(1, cfg["epochs"] + 1):
-        perm = torch.randperm(n_img, generator=g)
+        batches = []
+        for gi, (_, _, _, n_img, _) in enumerate(branches):
+            perm = torch.randperm(n_img, generator=g)
+            batches += [(gi, perm[b * bs:(b + 1) * bs]) for b in range(max(1, n_img // bs))]
+        if len(branches) > 1:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
         total = 0.0
-        nb = max(1, n_img // cfg["batch_size"])
-        for b in range(nb):
-            imgs = perm[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]
+        for step, (gi, imgs) in enumerate(batches):
+            i2t, t2i, owner, n_img, n_txt = branches[gi]
+            m = n_txt // n_img
             txts = (imgs[:, None] * m + torch.arange(m)).reshape(-1)     # the batch images' captions
             s_i = models["i2t"].score(i2t, imgs)
             s_t = models["t2i"].score(t2i, txts)
@@ -266,13 +289,13 @@ def train_rerankers(sims, owner, cfg, log=print):
             loss = loss + cfg["align_weight"] * structure_alignment(s_i, imgs, i2t, s_t, txts, t2i, n_txt,
                                                                     cfg["nce_temperature"])
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"re-ranker loss is {loss.item()} at epoch {epoch}, step {b}")
+                raise FloatingPointError(f"re-ranker loss is {loss.item()} at epoch {epoch}, step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item()
-        history.append(total / nb)
+        history.append(total / len(batches))
         log(f"rerank epoch {epoch}: loss {history[-1]:.4f}")
     return models, history
 
@@ -286,48 +309,223 @@ def base_similarities(model, split):
     return {"i2t": img @ txt.T, "i2i": img @ img.T, "t2t": txt @ txt.T}
 
 
-def run(checkpoint_path, cfg, log=print):
-    """Train the re-rankers on the train split of a train.py checkpoint's model and report the test
-    metrics before and after re-ranking."""
-    import json
+def oracle_scores(br, positives, relevance):
+    """Scores that put each query's top-K in the best order the truth allows: its true matches
+    first (the best recall any re-ordering reaches), then by true relevance (the best NDCG: the
+    matches have relevance 1, the most). positives / relevance: (n_queries, n_candidates) of this
+    direction. Integer scores (K - position), so the order survives any float dtype exactly."""
+    rows = torch.arange(br.cand.shape[0], device=br.cand.device)[:, None]
+    key = relevance[rows, br.cand].double() + 2.0 * positives[rows, br.cand].double()
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    scores = torch.empty_like(key)
+    scores.scatter_(1, order, torch.arange(br.k, 0, -1, dtype=key.dtype, device=key.device).expand_as(key))
+    return scores
+
+
+def evaluate_reranking(models, sims, split, cfg, k):
+    """Metrics of one split before re-ranking, after it, and at the ceiling (oracle re-ordering of
+    the same top-K), and the seconds the re-rankers took."""
     import time
 
     from itr_kernels import metrics
-
-    from . import checkpoint
-    from .data.loading import load_data, pick_device
-    from .vse import VSEModel
-    device = pick_device(cfg["device"])
-    ckpt = checkpoint.load(checkpoint_path)
-    tcfg = dict(ckpt["config"], progress=False)
-    splits = load_data(tcfg, device, log)
-    train, test = splits["train"], splits["test"]
-    model = VSEModel(train.images.shape[-1], train.texts.shape[1], tcfg["embed_dim"], tcfg["hidden"], tcfg["dropout"])
-    model.load_state_dict(ckpt["model"])
-    model.to(device)
-    if cfg["train_split"] not in ("train", "dev"):
-        raise ValueError(f"train_split must be 'train' or 'dev', got {cfg['train_split']!r}")
-    fit = splits[cfg["train_split"]]
-    models, history = train_rerankers(base_similarities(model, fit), fit.owner, cfg, log)
-    sims = base_similarities(model, test)
     t0 = time.perf_counter()
     i2t = make_branch(sims["i2t"], sims["i2i"], sims["t2t"], cfg["k_i2t"], cfg["pillars"], cfg["neighbours"])
     t2i = make_branch(sims["i2t"].T, sims["t2t"], sims["i2i"], cfg["k_t2i"], cfg["pillars"], cfg["neighbours"])
     new_i2t, new_t2i = apply(models["i2t"], i2t, sims["i2t"]), apply(models["t2i"], t2i, sims["i2t"].T)
     seconds = time.perf_counter() - t0
-    k = tcfg["eval_k"]
-    before = metrics.evaluate(sims["i2t"], test.owner, test.relevance(), k, rank_metrics=False)
-    after = metrics.evaluate(new_i2t, test.owner, test.relevance(), k, scores_t2i=new_t2i, rank_metrics=False)
-    report = {"checkpoint": checkpoint_path, "config": cfg, "train_loss": history, "rerank_seconds": seconds,
-              "before": before, "after": after}
+    rel = split.relevance()
+    pos = split.owner[None, :] == torch.arange(sims["i2t"].shape[0], device=split.owner.device)[:, None]
+    top_i2t = rerank_scores(sims["i2t"], i2t, oracle_scores(i2t, pos, rel))
+    top_t2i = rerank_scores(sims["i2t"].T, t2i, oracle_scores(t2i, pos.T, rel.T))
+    ev = lambda s, st=None: metrics.evaluate(s, split.owner, rel, k, scores_t2i=st, rank_metrics=False)  # noqa: E731
+    return {"before": ev(sims["i2t"]), "after": ev(new_i2t, new_t2i), "ceiling": ev(top_i2t, top_t2i),
+            "seconds": seconds, "n_queries": len(i2t.cand) + len(t2i.cand)}
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-fitting: out-of-fold similarities of the training split
+
+
+def fold_assignment(n_images, folds, seed):
+    """(n_images,) fold of each training image: a seeded permutation cut into `folds` parts whose
+    sizes differ by at most one."""
+    perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
+    fold = torch.empty(n_images, dtype=torch.long)
+    fold[perm] = torch.arange(n_images) % folds
+    return fold
+
+
+def _progress(total, desc, enabled, log):
+    """tqdm when installed, else one log line per step (the app's plain progress style)."""
+    try:
+        from tqdm.auto import tqdm
+        return tqdm(total=total, desc=desc, unit="model", disable=not enabled, dynamic_ncols=True)
+    except ImportError:
+        class Lines:
+            n = 0
+
+            def update(self, k=1):
+                self.n += k
+                if enabled:
+                    log(f"{desc}: {self.n}/{total}")
+
+            def set_postfix(self, **kw):
+                pass
+
+            def close(self):
+                pass
+        return Lines()
+
+
+def oof_cache_key(base_cfg, n_train, folds, seed):
+    """The cache key of a cross-fit: the base model's config (what every fold model is trained
+    with, runtime keys aside), the training split's size, folds and the fold seed."""
+    import hashlib
+    import json
+
+    from .config import RUNTIME_KEYS
+    what = {"config": {k: v for k, v in sorted(base_cfg.items()) if k not in RUNTIME_KEYS},
+            "n_train": int(n_train), "folds": int(folds), "seed": int(seed), "version": 1}
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def out_of_fold_similarities(base_cfg, splits, folds, seed, cache_dir, device, progress=True, log=print,
+                             train_fn=None):
+    """Cross-fitting (as in stacking): cut the training images into `folds` folds, train one base
+    model per fold on the other folds (the base model's own config; best checkpoint on dev, as
+    train.py picks it), and score the held-out fold with it, within itself: its images against its
+    own captions (S_ab), images against images, captions against captions, as test queries rank
+    test candidates. No similarity comes from a model that saw any of the fold's images or captions.
+
+    Cached in cache_dir under oof_cache_key(...). Returns {"groups": [(sims, owner)] one per fold,
+    "fold": (n_train,) fold of each training image, "heldout": per fold the fold model's held-out
+    metrics, "path": the cache file, "cached": whether it was read back}."""
+    import shutil
+
+    from . import checkpoint
+    from .vse import VSEModel
+    if train_fn is None:
+        from .train import run as train_fn
+    train = splits["train"]
+    key = oof_cache_key(base_cfg, train.n_images, folds, seed)
+    path = os.path.join(cache_dir, f"oof_{key}.pt")
+    if os.path.isfile(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        groups = [({n: s[n].to(device) for n in ("i2t", "i2i", "t2t")}, s["owner"].to(device)) for s in saved["folds"]]
+        return {"groups": groups, "fold": saved["fold"], "heldout": saved["heldout"], "path": path, "cached": True}
+    fold = fold_assignment(train.n_images, folds, seed)
+    bar = _progress(folds, "out-of-fold base models", progress, log)
+    groups, heldout, saved = [], [], []
+    for f in range(folds):
+        out_dir = os.path.join(cache_dir, f"oof_{key}_runs", f"fold{f}")
+        held = train.subset(torch.nonzero(fold == f).squeeze(1))
+        fit = train.subset(torch.nonzero(fold != f).squeeze(1))
+        cfg_f = dict(base_cfg, out_dir=out_dir, progress=False, tensorboard=False)
+        # the held-out fold stands in for the test split, so the fold model's report is its out-of-fold score
+        report = train_fn(cfg_f, log=lambda *_: None, splits={"train": fit, "dev": splits["dev"], "test": held},
+                          rank_metrics=False)
+        ckpt = checkpoint.load(os.path.join(out_dir, "best.pt"))
+        model = VSEModel(train.images.shape[-1], train.texts.shape[1], base_cfg["embed_dim"], base_cfg["hidden"],
+                         base_cfg["dropout"])
+        model.load_state_dict(ckpt["model"])
+        sims = base_similarities(model.to(device), held)
+        groups.append((sims, held.owner))
+        heldout.append({n: float(v) for n, v in (report or {}).get("test", {}).items()})
+        saved.append({**{n: v.cpu() for n, v in sims.items()}, "owner": held.owner.cpu()})
+        shutil.rmtree(out_dir, ignore_errors=True)     # the checkpoints are 10s of MB each; the sims are kept
+        bar.update(1)
+        if heldout[-1]:
+            bar.set_postfix(fold=f, heldout_rsum=f"{heldout[-1]['rsum']:.1f}")
+    bar.close()
+    shutil.rmtree(os.path.join(cache_dir, f"oof_{key}_runs"), ignore_errors=True)
+    checkpoint.save(path, folds=saved, fold=fold, heldout=heldout, key=key)
+    return {"groups": groups, "fold": fold, "heldout": heldout, "path": path, "cached": False}
+
+
+# --------------------------------------------------------------------------------------------
+# The command
+
+
+def _check_protocol(cfg):
+    if cfg["train_split"] not in ("train", "dev"):
+        raise ValueError(f"train_split must be 'train' or 'dev', got {cfg['train_split']!r}")
+    folds = cfg["folds"]
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 0 or folds == 1:
+        raise ValueError(f"folds must be 0 (no cross-fitting) or an integer >= 2, got {folds!r}")
+    if folds and cfg["train_split"] != "train":
+        raise ValueError(f"folds = {folds} cross-fits the training split; it needs train_split=train, got "
+                         f"{cfg['train_split']!r} (the dev split is already held out from the base model)")
+
+
+def prepare(checkpoint_path, cfg, log=print):
+    """Everything the re-ranker is fit to and evaluated on, for one checkpoint and protocol (the
+    keys folds, seed, train_split of cfg): the base model, the splits, and the training groups."""
+    from . import checkpoint
+    from .data.loading import load_data, pick_device
+    from .vse import VSEModel
+    _check_protocol(cfg)
+    if cfg["num_threads"] > 0:
+        torch.set_num_threads(cfg["num_threads"])
+    device = pick_device(cfg["device"])
+    ckpt = checkpoint.load(checkpoint_path)
+    tcfg = dict(ckpt["config"], progress=False)
+    splits = load_data(tcfg, device, log)
+    train = splits["train"]
+    model = VSEModel(train.images.shape[-1], train.texts.shape[1], tcfg["embed_dim"], tcfg["hidden"], tcfg["dropout"])
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    ctx = {"checkpoint": checkpoint_path, "base_config": tcfg, "splits": splits, "model": model, "oof": None,
+           "protocol": {"folds": cfg["folds"], "seed": cfg["seed"], "train_split": cfg["train_split"]}}
+    if cfg["folds"]:
+        cache = cfg["cache_dir"] or os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "oof")
+        oof = out_of_fold_similarities(dict(ckpt["config"]), splits, cfg["folds"], cfg["seed"], cache, device,
+                                       cfg["progress"], log)
+        log(("read" if oof["cached"] else "wrote") + f" out-of-fold similarities {oof['path']}")
+        ctx["oof"], ctx["groups"] = oof, oof["groups"]
+    else:
+        fit = splits[cfg["train_split"]]
+        ctx["groups"] = [(base_similarities(model, fit), fit.owner)]
+    return ctx
+
+
+def fit_and_evaluate(ctx, cfg, eval_split="test", log=print):
+    """Train the re-rankers on ctx's groups with cfg and report eval_split before / after / ceiling."""
+    if {k: cfg[k] for k in ctx["protocol"]} != ctx["protocol"]:
+        raise ValueError(f"cfg's protocol {({k: cfg[k] for k in ctx['protocol']})} is not the prepared one "
+                         f"{ctx['protocol']}; prepare() again")
+    if eval_split not in ("dev", "test"):
+        raise ValueError(f"eval_split must be 'dev' or 'test', got {eval_split!r}")
+    if eval_split == cfg["train_split"] and not cfg["folds"]:
+        raise ValueError("eval_split is the split the re-ranker is fit on")
+    models, history = train_rerankers(ctx["groups"], cfg, log)
+    split = ctx["splits"][eval_split]
+    res = evaluate_reranking(models, base_similarities(ctx["model"], split), split, cfg, ctx["base_config"]["eval_k"])
+    return dict(res, train_loss=history, eval_split=eval_split)
+
+
+def run(checkpoint_path, cfg, log=print):
+    """Train the re-rankers on a train.py checkpoint's model (today's protocol: its similarities on
+    the train or dev split; folds >= 2: out-of-fold similarities of the training split) and report
+    the test metrics before and after re-ranking, and the ceiling of re-ordering the same top-K."""
+    import json
+    ctx = prepare(checkpoint_path, cfg, log)
+    res = fit_and_evaluate(ctx, cfg, "test", log)
+    k = ctx["base_config"]["eval_k"]
+    report = {"checkpoint": checkpoint_path, "config": cfg, "train_loss": res["train_loss"],
+              "rerank_seconds": res["seconds"], "before": res["before"], "after": res["after"],
+              "ceiling": res["ceiling"]}
+    if ctx["oof"] is not None:
+        report["oof_heldout"] = ctx["oof"]["heldout"]
+        report["oof_cache"] = ctx["oof"]["path"]
     out = cfg["out"] or os.path.join(os.path.dirname(checkpoint_path), "rerank_report.json")
     with open(out, "w") as f:
         json.dump(report, f, indent=2)
-    for name, m in (("before", before), ("after", after)):
-        log(f"test {name:6s}: i2t R@1 {m['i2t_r1']:.1f} R@5 {m['i2t_r5']:.1f} R@10 {m['i2t_r10']:.1f} | "
+    for name in ("before", "after", "ceiling"):
+        m = report[name]
+        log(f"test {name:7s}: i2t R@1 {m['i2t_r1']:.1f} R@5 {m['i2t_r5']:.1f} R@10 {m['i2t_r10']:.1f} | "
             f"t2i R@1 {m['t2i_r1']:.1f} R@5 {m['t2i_r5']:.1f} R@10 {m['t2i_r10']:.1f} | rsum {m['rsum']:.1f} | "
             f"NDCG@{k} {m[f'ndcg@{k}']:.4f}")
-    log(f"re-ranked {len(i2t.cand)} + {len(t2i.cand)} queries in {seconds:.2f} s; wrote {out}")
+    log(f"re-ranked {res['n_queries']} queries in {res['seconds']:.2f} s; wrote {out}")
     return report
 
 

@@ -33,6 +33,17 @@ class Split:
         self.n_images = data.n_images
         self._relevance = None
 
+    def subset(self, image_idx):
+        """The split of only the images `image_idx` (in that order) and their captions, renumbered
+        as a split of its own: what cross-fitting trains on and scores."""
+        idx = torch.as_tensor(image_idx, dtype=torch.long, device=self.images.device)
+        out = Split.__new__(Split)
+        out.m, out.n_images, out._relevance = self.m, len(idx), None
+        out.images = self.images[idx]
+        out.texts = self.texts[(idx[:, None] * self.m + torch.arange(self.m, device=idx.device)).reshape(-1)]
+        out.owner = torch.arange(len(idx) * self.m, device=idx.device) // self.m
+        return out
+
     def relevance(self):
         if self._relevance is None:
             self._relevance = rsc_relevance(self.texts, self.m)
