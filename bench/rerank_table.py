@@ -94,7 +94,8 @@ def main():
         cfg["out"] = os.path.join(os.path.dirname(ckpt), f"rerank_{tag}.json")
         rep = rerank.run(ckpt, cfg, log=lambda *_: None)
         for when in WHEN:
-            rows.append({"base": name, "seed": seed, "protocol": tag, "when": when, **{k: rep[when][k] for k, _ in KEYS}})
+            rows.append({"base": name, "seed": seed, "protocol": tag, "when": when,
+                         **{k: rep[when][k] for k, _ in KEYS}})
         b, af, c = (rep[w] for w in WHEN)
         print(f"seed {seed}: rsum {b['rsum']:.1f} -> {af['rsum']:.1f} ({af['rsum'] - b['rsum']:+.1f}; ceiling "
               f"{c['rsum']:.1f}), NDCG@10 {b['ndcg@10']:.4f} -> {af['ndcg@10']:.4f} "

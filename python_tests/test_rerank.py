@@ -344,7 +344,8 @@ def test_oof_cache_key_changes_with_what_the_fold_models_depend_on():
     cfg = {"loss": "listwise", "lr": 5e-4, "seed": 0, "out_dir": "a", "progress": True}
     key = rerank.oof_cache_key(cfg, 100, 3, 0)
     assert key == rerank.oof_cache_key(dict(cfg, out_dir="b", progress=False), 100, 3, 0)   # runtime keys
-    for other in (rerank.oof_cache_key(dict(cfg, lr=1e-3), 100, 3, 0), rerank.oof_cache_key(dict(cfg, seed=1), 100, 3, 0),
+    for other in (rerank.oof_cache_key(dict(cfg, lr=1e-3), 100, 3, 0),
+                  rerank.oof_cache_key(dict(cfg, seed=1), 100, 3, 0),
                   rerank.oof_cache_key(cfg, 101, 3, 0), rerank.oof_cache_key(cfg, 100, 4, 0),
                   rerank.oof_cache_key(cfg, 100, 3, 1)):
         assert other != key
@@ -364,10 +365,12 @@ def test_folds_zero_fits_on_the_checkpoint_models_own_split(tiny_run, monkeypatc
     model.eval()
     got = []
     real = rerank.train_rerankers
-    monkeypatch.setattr(rerank, "train_rerankers", lambda groups, cfg, log: got.append(groups) or real(groups, cfg, log))
+    monkeypatch.setattr(rerank, "train_rerankers",
+                        lambda groups, cfg, log: got.append(groups) or real(groups, cfg, log))
     for split in ("train", "dev"):
         cfg = load_config(None, ["k_i2t=8", "k_t2i=4", "pillars=8", "neighbours=4", "dim=16", "epochs=1",
-                                 "batch_size=32", f"train_split={split}", "folds=0"], defaults=f"{CONFIG_DIR}/rerank.yaml")
+                                 "batch_size=32", f"train_split={split}", "folds=0"],
+                          defaults=f"{CONFIG_DIR}/rerank.yaml")
         cfg["out"] = os.path.join(os.path.dirname(tiny_run), f"r_{split}.json")
         rerank.run(str(tiny_run), cfg, log=lambda *_: None)
         (sims_s, owner_s), = got[-1]

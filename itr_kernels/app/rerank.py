@@ -411,7 +411,8 @@ def out_of_fold_similarities(base_cfg, splits, folds, seed, cache_dir, device, p
     path = os.path.join(cache_dir, f"oof_{key}.pt")
     if os.path.isfile(path):
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        groups = [({n: s[n].to(device) for n in ("i2t", "i2i", "t2t")}, s["owner"].to(device)) for s in saved["folds"]]
+        groups = [({n: s[n].to(device) for n in ("i2t", "i2i", "t2t")}, s["owner"].to(device))
+                  for s in saved["folds"]]
         return {"groups": groups, "fold": saved["fold"], "heldout": saved["heldout"], "path": path, "cached": True}
     fold = fold_assignment(train.n_images, folds, seed)
     bar = _progress(folds, "out-of-fold base models", progress, log)
@@ -499,7 +500,8 @@ def fit_and_evaluate(ctx, cfg, eval_split="test", log=print):
         raise ValueError("eval_split is the split the re-ranker is fit on")
     models, history = train_rerankers(ctx["groups"], cfg, log)
     split = ctx["splits"][eval_split]
-    res = evaluate_reranking(models, base_similarities(ctx["model"], split), split, cfg, ctx["base_config"]["eval_k"])
+    sims = base_similarities(ctx["model"], split)
+    res = evaluate_reranking(models, sims, split, cfg, ctx["base_config"]["eval_k"])
     return dict(res, train_loss=history, eval_split=eval_split)
 
 
