@@ -632,6 +632,9 @@ def assert_matches_truth(got, truth, baseline, dtype, what, rtol32=1e-5, atol=No
 def truth_property(name, case, device):
     shape = evaluate_truth(name, case)[0].shape
     upstream = case.upstream(shape) if len(shape) else None
+    if upstream is not None:   # the upstream the op receives, in its output dtype, for the truth too: a
+        # gradient like (c_k - c_j) / tau amplifies the rounding of c by 1 / tau
+        upstream = upstream.to(case.dtype).double()
     out, grad = evaluate(name, case, device, upstream=upstream)
     truth, truth_grad = evaluate_truth(name, case, upstream=upstream)
     base = base_grad = None
