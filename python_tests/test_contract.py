@@ -283,8 +283,9 @@ def test_smooth_ndcg_relevance_out_of_range(gen):
     """Gains of any real relevance (2^R - 1 < 0 below 0, > 1 above 1); a row whose IDCG is <= 0
     has loss 0 and is not counted."""
     scores = cosine_scores(4, 6, gen)
-    relevance = torch.rand(4, 6, generator=gen, dtype=torch.float64) * 3 - 1   # [-1, 2]
-    relevance[3] = -torch.rand(6, generator=gen, dtype=torch.float64)          # no gain: IDCG < 0
+    relevance = torch.rand(4, 6, generator=gen, dtype=torch.float64) * 2.5 - 0.5   # [-0.5, 2]
+    relevance[:3, 0] = 2.0   # rows 0-2 keep IDCG > 0 under both gains, so "mean" counts them all
+    relevance[3] = -torch.rand(6, generator=gen, dtype=torch.float64)              # no gain: IDCG < 0
     for linear in (False, True):
         for k in (None, 3):
             gain = "linear" if linear else "exp"
