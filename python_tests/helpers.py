@@ -43,15 +43,21 @@ def assert_close_to_truth(fused, truth, same_precision_ref, dtype, rtol32=1e-5, 
     element, scaled by sqrt(numel)) for outputs that are ~0: the gradient of a row whose pairs all
     saturate, or a loss 1 - DCG/IDCG that cancels to 0 in low precision. float16 / bfloat16
     (the flash-attention rule): the fused error against the float64 truth is at most twice that of
-    a same-precision PyTorch reference, plus two units in the last place."""
+    a same-precision PyTorch reference, plus two units in the last place. float32 passes either
+    bound when a same-precision reference is given: a gradient that is a small difference of O(1)
+    terms (a tau = 1 NDCG gradient of 7e-4, say) carries float32 rounding of the terms, ~1e-4
+    relative to itself, in any float32 computation."""
     truth = truth.double()
     atol = atol * max(1, truth.numel()) ** 0.5
     err = (fused.double() - truth).norm().item()
     scale = truth.norm().item()
     if dtype == torch.float64:
         assert err <= 1e-10 * scale + atol, (err, scale)
-    elif dtype == torch.float32:
+    elif dtype == torch.float32 and same_precision_ref is None:
         assert err <= rtol32 * scale + atol, (err, scale)
+    elif dtype == torch.float32:
+        ref_err = (same_precision_ref.double() - truth).norm().item()
+        assert err <= max(rtol32 * scale, 2 * ref_err + 2 * torch.finfo(dtype).eps * scale) + atol, (err, ref_err, scale)
     else:
         ref_err = (same_precision_ref.double() - truth).norm().item()
         assert err <= 2 * ref_err + 2 * torch.finfo(dtype).eps * scale + atol, (err, ref_err, scale)
