@@ -3,6 +3,7 @@ the test split over seeds.
 
     python bench/tune.py                                     # everything: 12 losses x 16 trials, 3 seeds
     python bench/tune.py --trials 2 --seeds 0 --losses infonce triplet epochs=2   # a smoke test
+    OMP_NUM_THREADS=1 python bench/tune.py --jobs 2 num_threads=1   # 2 single-thread runs at once
 
 Protocol:
   1. Search, per loss, the same budget: `--trials` runs (default 16) of train.py at `--tune-seed`
@@ -28,7 +29,9 @@ and prints the Markdown tables: the chosen settings, the tuned table, the defaul
 and the paired differences. `key=value` arguments apply to every run (e.g. epochs=2, data=PATH).
 """
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -94,26 +97,57 @@ def overrides(s):
     return [f"{k}={'null' if v is None else v}" for k, v in s.items()]
 
 
-class Runner:
-    """train.run with a memo over configs (out_dir aside): a config already run is not run again."""
+def _train(cfg, test):
+    """One training run (module level: a worker process of --jobs calls it)."""
+    t0 = time.perf_counter()
+    report = train.run(cfg, log=lambda *_: None, test=test)
+    return dict(report, seconds=time.perf_counter() - t0)
 
-    def __init__(self, common):
-        self.common, self.memo = common, {}
+
+class Runner:
+    """train.run with a memo over configs (out_dir aside): a config already run is not run again.
+    `jobs` > 1 runs that many trainings at once in worker processes."""
+
+    def __init__(self, common, jobs=1):
+        self.common, self.memo, self.jobs = common, {}, jobs
 
     def config(self, loss, s, seed, out_dir):
         path = os.path.join(ROOT, "configs", f"{loss}.yaml")
         return load_config(path, self.common + overrides(s) + [f"seed={seed}", f"out_dir={out_dir}",
                                                                "progress=false", "tensorboard=false"])
 
-    def __call__(self, cfg, test):
-        key = json.dumps({k: v for k, v in cfg.items() if k != "out_dir"}, sort_keys=True)
-        if (key, test) not in self.memo:
-            t0 = time.perf_counter()
-            report = train.run(cfg, log=lambda *_: None, test=test)
-            self.memo[key, test] = dict(report, seconds=time.perf_counter() - t0)
+    @staticmethod
+    def key(cfg):
+        return json.dumps({k: v for k, v in cfg.items() if k != "out_dir"}, sort_keys=True)
+
+    def many(self, cfgs, test, done=lambda i, report: None):
+        """The reports of cfgs, in order; done(i, report) is called as each one is known."""
+        todo = {}   # memo key -> indices of cfgs that ask for it
+        for i, cfg in enumerate(cfgs):
+            k = self.key(cfg)
+            if (k, test) in self.memo:
+                done(i, self.memo[k, test])
+            else:
+                todo.setdefault(k, []).append(i)
+
+        def finish(k, report):
+            self.memo[k, test] = report
             if test:   # a test run also answers the dev question
-                self.memo[key, False] = self.memo[key, test]
-        return self.memo[key, test]
+                self.memo[k, False] = report
+            for i in todo[k]:
+                done(i, report)
+
+        if self.jobs <= 1:
+            for k, idx in todo.items():
+                finish(k, _train(cfgs[idx[0]], test))
+        else:
+            # spawn: a fresh interpreter per worker (no forked OpenMP / torch thread state)
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(self.jobs, mp_context=ctx) as pool:
+                futures = {pool.submit(_train, cfgs[idx[0]], test): k for k, idx in todo.items()}
+                for f in concurrent.futures.as_completed(futures):
+                    finish(futures[f], f.result())
+        return [self.memo[self.key(cfg), test] for cfg in cfgs]
 
 
 def choose(rows):
@@ -156,6 +190,8 @@ def main():
     p.add_argument("--tune-seed", type=int, default=100, help="seed of every trial")
     p.add_argument("--results", default=os.path.join(ROOT, "bench", "results"))
     p.add_argument("--runs", default="runs/tune", help="out_dir root of the training runs")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="trainings at once, each in its own process (give num_threads=1 with jobs = cores)")
     p.add_argument("overrides", nargs="*", help="key=value for every run (e.g. epochs=2)")
     a = p.parse_args()
     # key=value items right after --losses or --seeds are overrides (nargs="+" takes them)
@@ -171,43 +207,49 @@ def main():
         p.error(f"--seeds must be integers, got {a.seeds}")
     if a.trials < 1:
         p.error("--trials must be >= 1")
-    run = Runner(a.overrides)
+    if a.jobs < 1:
+        p.error("--jobs must be >= 1")
+    run = Runner(a.overrides, a.jobs)
     probe = run.config(a.losses[0], {}, 0, a.runs)
     tag = f"{os.path.basename(str(probe['data']).rstrip('/'))}_{train.pick_device(probe['device']).type}"
     trials_csv = os.path.join(a.results, f"tune_trials_{tag}.csv")
     final_csv = os.path.join(a.results, f"tune_final_{tag}.csv")
 
-    trial_rows, chosen = [], {}
-    for loss in a.losses:
-        rows = []
-        for t, s in enumerate(trial_settings(loss, a.trials)):
-            cfg = run.config(loss, s, a.tune_seed, f"{a.runs}/{loss}/trial{t}")
-            rep = run(cfg, test=False)
-            rows.append({"loss": loss, "trial": t, "seed": a.tune_seed, "settings": json.dumps(s),
+    # 1. every trial of every loss (dev only), 2. the chosen and the shipped settings over the seeds (test)
+    todo = [(loss, t, s) for loss in a.losses for t, s in enumerate(trial_settings(loss, a.trials))]
+    cfgs = [run.config(loss, s, a.tune_seed, f"{a.runs}/{loss}/trial{t}") for loss, t, s in todo]
+    trial_rows = [None] * len(todo)
+
+    def trial_done(i, rep):
+        (loss, t, s), cfg = todo[i], cfgs[i]
+        trial_rows[i] = {"loss": loss, "trial": t, "seed": a.tune_seed, "settings": json.dumps(s),
                          "lr": cfg["lr"], "loss_args": json.dumps(cfg["loss_args"]),
                          "max_violation_warmup_epochs": cfg["max_violation_warmup_epochs"],
                          "best_epoch": rep["best_epoch"], "dev_rsum": rep["dev"]["rsum"],
-                         "dev_ndcg@10": rep["dev"]["ndcg@10"], "seconds": round(rep["seconds"], 1)})
-            print(f"{loss} trial {t}: dev rsum {rows[-1]['dev_rsum']:.1f}  NDCG@10 {rows[-1]['dev_ndcg@10']:.4f}  "
-                  f"{s or '(as shipped)'}", flush=True)
-            trial_rows += rows[-1:]
-            write_csv(trials_csv, trial_rows)   # rewritten after each trial: an interrupted run keeps its rows
-        chosen[loss] = choose(rows)
+                         "dev_ndcg@10": rep["dev"]["ndcg@10"], "seconds": round(rep["seconds"], 1)}
+        print(f"{loss} trial {t}: dev rsum {trial_rows[i]['dev_rsum']:.1f}  NDCG@10 "
+              f"{trial_rows[i]['dev_ndcg@10']:.4f}  {s or '(as shipped)'}", flush=True)
+        write_csv(trials_csv, [r for r in trial_rows if r])   # after each trial: an interrupted run keeps its rows
 
-    final = []
-    for kind in ("tuned", "default"):
-        for loss in a.losses:
-            s = json.loads(chosen[loss]["settings"]) if kind == "tuned" else {}
-            for seed in a.seeds:
-                cfg = run.config(loss, s, seed, f"{a.runs}/{loss}/{kind}_seed{seed}")
-                rep = run(cfg, test=True)
-                final.append({"loss": loss, "settings": kind, "seed": seed, "lr": cfg["lr"],
-                              "loss_args": json.dumps(cfg["loss_args"]),
-                              "max_violation_warmup_epochs": cfg["max_violation_warmup_epochs"],
-                              "best_epoch": rep["best_epoch"], **{k: rep["test"][k] for k, _ in COLUMNS}})
-                print(f"{loss} {kind} seed {seed}: test rsum {final[-1]['rsum']:.1f}  "
-                      f"NDCG@10 {final[-1]['ndcg@10']:.4f}", flush=True)
-                write_csv(final_csv, final)
+    run.many(cfgs, test=False, done=trial_done)
+    chosen = {loss: choose([r for r in trial_rows if r["loss"] == loss]) for loss in a.losses}
+
+    finals = [(kind, loss, seed) for kind in ("tuned", "default") for loss in a.losses for seed in a.seeds]
+    cfgs = [run.config(loss, json.loads(chosen[loss]["settings"]) if kind == "tuned" else {}, seed,
+                       f"{a.runs}/{loss}/{kind}_seed{seed}") for kind, loss, seed in finals]
+    final = [None] * len(finals)
+
+    def final_done(i, rep):
+        (kind, loss, seed), cfg = finals[i], cfgs[i]
+        final[i] = {"loss": loss, "settings": kind, "seed": seed, "lr": cfg["lr"],
+                    "loss_args": json.dumps(cfg["loss_args"]),
+                    "max_violation_warmup_epochs": cfg["max_violation_warmup_epochs"],
+                    "best_epoch": rep["best_epoch"], **{k: rep["test"][k] for k, _ in COLUMNS}}
+        print(f"{loss} {kind} seed {seed}: test rsum {final[i]['rsum']:.1f}  NDCG@10 {final[i]['ndcg@10']:.4f}",
+              flush=True)
+        write_csv(final_csv, [r for r in final if r])
+
+    run.many(cfgs, test=True, done=final_done)
 
     print(f"\nChosen settings ({a.trials} trial(s) per loss, seed {a.tune_seed}, by dev rsum):")
     print("\n| loss | trial | dev rsum | dev NDCG@10 | lr | warm-up | loss_args |")
