@@ -4,6 +4,7 @@ the test split over seeds.
     python bench/tune.py                                     # everything: 12 losses x 16 trials, 3 seeds
     python bench/tune.py --trials 2 --seeds 0 --losses infonce triplet epochs=2   # a smoke test
     OMP_NUM_THREADS=1 python bench/tune.py --jobs 2 num_threads=1   # 2 single-thread runs at once
+    python bench/tune.py --from-csv                          # the tables again from the CSVs, no training
 
 Protocol:
   1. Search, per loss, the same budget: `--trials` runs (default 16) of train.py at `--tune-seed`
@@ -20,8 +21,10 @@ Protocol:
      already done is not run again (the CPU runs are deterministic).
   4. For each continuous-label combination, the paired per-seed difference against its own base
      (same seed: same initialisation and batches) in test rsum, NDCG@10 and Kendall tau, mean ± std
-     over seeds. A difference is marked "(noise)" when |mean| < 2 x std of the paired differences
-     (with 3 seeds, a two-sided paired t-test at p ~ 0.07 draws about the same line).
+     over seeds; and every loss against the strongest pairwise base, the one whose chosen trial has
+     the best dev rsum (picked on dev, never on test). A difference is marked "(noise)" when
+     |mean| < 2 x std of the paired differences (with 3 seeds, a two-sided paired t-test at
+     p ~ 0.07 draws about the same line).
 
 Writes bench/results/tune_trials_<data>_<device>.csv (one row per trial, dev metrics) and
 tune_final_<data>_<device>.csv (one row per final run, test metrics, settings "tuned" or "default"),
@@ -29,6 +32,7 @@ and prints the Markdown tables: the chosen settings, the tuned table, the defaul
 and the paired differences. `key=value` arguments apply to every run (e.g. epochs=2, data=PATH).
 """
 import argparse
+import csv
 import concurrent.futures
 import json
 import multiprocessing
@@ -155,19 +159,17 @@ def choose(rows):
     return max(rows, key=lambda r: (r["dev_rsum"], r["dev_ndcg@10"], -r["trial"]))
 
 
-def print_differences(losses, final, kind, seeds):
-    print(f"\nPaired differences, {kind} settings: combination − its base, same seed, mean ± std over "
-          f"{len(seeds)} seed(s); (noise): |mean| < 2 × std of the differences")
-    print("\n| combination | base | " + " | ".join(name for _, name in DIFF_COLUMNS) + " |")
+def print_differences(title, pairs, final, kind, seeds):
+    """One row per (loss, base) pair: loss − base on the same seed, mean ± std over the seeds."""
+    print(f"\n{title}: same seed, mean ± std over {len(seeds)} seed(s) of the {kind} settings; "
+          f"(noise): |mean| < 2 × std of the differences")
+    print("\n| loss | base | " + " | ".join(name for _, name in DIFF_COLUMNS) + " |")
     print("| --- | --- |" + " ---: |" * len(DIFF_COLUMNS))
-    for loss in losses:
-        base = LOSSES[loss]
-        if base is None:
-            continue
-        if base not in losses:
+    runs = {(r["loss"], r["seed"]): r for r in final if r["settings"] == kind}
+    for loss, base in pairs:
+        if any((base, s) not in runs for s in seeds):
             print(f"| {loss} | {base} | " + " | ".join("base not run" for _ in DIFF_COLUMNS) + " |")
             continue
-        runs = {(r["loss"], r["seed"]): r for r in final if r["settings"] == kind}
         cells = []
         for key, _ in DIFF_COLUMNS:
             d = [runs[loss, s][key] - runs[base, s][key] for s in seeds]
@@ -181,6 +183,43 @@ def print_differences(losses, final, kind, seeds):
         print(f"| {loss} | {base} | " + " | ".join(cells) + " |")
 
 
+def report(losses, seeds, trials, tune_seed, chosen, final):
+    """The Markdown tables of the README, from the trial rows' choices and the final runs."""
+    print(f"\nChosen settings ({trials} trial(s) per loss, seed {tune_seed}, by dev rsum):")
+    print("\n| loss | trial | dev rsum | dev NDCG@10 | lr | warm-up | loss_args |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for loss in losses:
+        c = chosen[loss]
+        print(f"| {loss} | {c['trial']} | {c['dev_rsum']:.1f} | {c['dev_ndcg@10']:.4f} | {c['lr']:.3g} | "
+              f"{c['max_violation_warmup_epochs']} | `{c['loss_args']}` |")
+    for kind, title in (("tuned", "Tuned settings"), ("default", "Settings as shipped (configs/LOSS.yaml)")):
+        print(f"\n{title}: test split, mean ± std over seeds {' '.join(map(str, seeds))}")
+        print_mean_std_table("loss", COLUMNS, {loss: [r for r in final if r["loss"] == loss and r["settings"] == kind]
+                                               for loss in losses})
+    own = [(loss, LOSSES[loss]) for loss in losses if LOSSES[loss] is not None]
+    for kind in ("tuned", "default"):
+        print_differences(f"Paired differences, each combination − its own base", own, final, kind, seeds)
+    # The strongest pairwise base is picked on dev (its chosen trial's dev rsum), never on test.
+    bases = [loss for loss in losses if LOSSES[loss] is None]
+    if bases:
+        best = max(bases, key=lambda b: (chosen[b]["dev_rsum"], chosen[b]["dev_ndcg@10"]))
+        print_differences(f"Paired differences, each loss − the strongest pairwise base by dev rsum ({best})",
+                          [(loss, best) for loss in losses if loss != best], final, "tuned", seeds)
+
+
+def read_csv(path):
+    """Rows of a CSV this script wrote, numbers as numbers."""
+    def value(v):
+        for t in (int, float):
+            try:
+                return t(v)
+            except ValueError:
+                pass
+        return v
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--losses", nargs="+", default=list(LOSSES), metavar="LOSS",
@@ -192,6 +231,8 @@ def main():
     p.add_argument("--runs", default="runs/tune", help="out_dir root of the training runs")
     p.add_argument("--jobs", type=int, default=1,
                    help="trainings at once, each in its own process (give num_threads=1 with jobs = cores)")
+    p.add_argument("--from-csv", action="store_true",
+                   help="train nothing: print the tables again from the CSVs of an earlier run in --results")
     p.add_argument("overrides", nargs="*", help="key=value for every run (e.g. epochs=2)")
     a = p.parse_args()
     # key=value items right after --losses or --seeds are overrides (nargs="+" takes them)
@@ -214,6 +255,14 @@ def main():
     tag = f"{os.path.basename(str(probe['data']).rstrip('/'))}_{train.pick_device(probe['device']).type}"
     trials_csv = os.path.join(a.results, f"tune_trials_{tag}.csv")
     final_csv = os.path.join(a.results, f"tune_final_{tag}.csv")
+    if a.from_csv:
+        trial_rows, final = read_csv(trials_csv), read_csv(final_csv)
+        losses = [loss for loss in LOSSES if any(r["loss"] == loss for r in trial_rows)]
+        seeds = sorted({r["seed"] for r in final})
+        trials = max(sum(r["loss"] == loss for r in trial_rows) for loss in losses)
+        chosen = {loss: choose([r for r in trial_rows if r["loss"] == loss]) for loss in losses}
+        report(losses, seeds, trials, trial_rows[0]["seed"], chosen, final)
+        return
 
     # 1. every trial of every loss (dev only), 2. the chosen and the shipped settings over the seeds (test)
     todo = [(loss, t, s) for loss in a.losses for t, s in enumerate(trial_settings(loss, a.trials))]
@@ -251,19 +300,7 @@ def main():
 
     run.many(cfgs, test=True, done=final_done)
 
-    print(f"\nChosen settings ({a.trials} trial(s) per loss, seed {a.tune_seed}, by dev rsum):")
-    print("\n| loss | trial | dev rsum | dev NDCG@10 | lr | warm-up | loss_args |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
-    for loss in a.losses:
-        c = chosen[loss]
-        print(f"| {loss} | {c['trial']} | {c['dev_rsum']:.1f} | {c['dev_ndcg@10']:.4f} | {c['lr']:.3g} | "
-              f"{c['max_violation_warmup_epochs']} | `{c['loss_args']}` |")
-    for kind, title in (("tuned", "Tuned settings"), ("default", "Settings as shipped (configs/LOSS.yaml)")):
-        print(f"\n{title}: test split, mean ± std over seeds {' '.join(map(str, a.seeds))}")
-        print_mean_std_table("loss", COLUMNS, {loss: [r for r in final if r["loss"] == loss and r["settings"] == kind]
-                                               for loss in a.losses})
-    for kind in ("tuned", "default"):
-        print_differences(a.losses, final, kind, a.seeds)
+    report(a.losses, a.seeds, a.trials, a.tune_seed, chosen, final)
     print(f"\nwrote {trials_csv} and {final_csv}")
 
 
