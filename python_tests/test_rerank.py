@@ -71,13 +71,15 @@ def test_only_the_top_k_move(gen):
     br = rerank.make_branch(s_it, s_ii, s_tt, k=K, pillars=5, neighbours=3)
     model = rerank.PillarReranker(pillars=5, dim=16, depth=2, heads=2)
     new = rerank.apply(model, br, s_it)
+    # The re-ranker's scores of all queries in one call, as apply computes them: one query alone
+    # can round differently in float32 and swap two near-tied candidates (ITR_TEST_SEED=7777).
+    all_scores = model.eval().score(br, torch.arange(10))
     for i in range(10):
         top = set(topk_list(s_it[i], K))
         rest = [j for j in range(30) if j not in top]
         assert set(topk_list(new[i], K)) == top                      # the same K stay on top
         assert torch.equal(new[i, rest], s_it[i, rest])              # everything else untouched
-        scores = model.eval().score(br, torch.tensor([i]))[0]
-        order = [br.cand[i, r].item() for r in torch.argsort(scores, descending=True, stable=True)]
+        order = [br.cand[i, r].item() for r in torch.argsort(all_scores[i], descending=True, stable=True)]
         assert topk_list(new[i], K) == order                         # re-ordered by the re-ranker
 
 
